@@ -1,0 +1,50 @@
+# medseg-serve: two commands do everything on a fresh machine.
+#   make serve   venv + install + demo model repository (if missing or stale) + BentoML on 127.0.0.1:3000
+#   make test    the same set-up, then the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 3000
+REPOSITORY := model_repository
+INSTALLED := $(VENV)/.installed
+REPOSITORY_STAMP := $(REPOSITORY)/.built
+# The demo repository is rebuilt when anything it is made from changes.
+EXPORT_INPUTS := $(shell find export -name '*.py' -o -name '*.safetensors' -o -name '*.json' 2>/dev/null) \
+	services/contract.py services/preprocess.py pyproject.toml
+
+.PHONY: serve test install repository bench bento clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable ".[serving,export,load,dev]"
+	@touch $@
+
+repository: $(REPOSITORY_STAMP)
+
+$(REPOSITORY_STAMP): $(INSTALLED) $(EXPORT_INPUTS)
+	$(BIN)/python -m export build --model all --variant small --repository $(REPOSITORY)
+	@touch $@
+
+serve: $(REPOSITORY_STAMP)
+	MEDSEG_BACKEND=embedded MEDSEG_MODEL_REPOSITORY=$(REPOSITORY) \
+		$(BIN)/bentoml serve services.service:Segmenter --host $(HOST) --port $(PORT)
+
+test: $(REPOSITORY_STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(REPOSITORY_STAMP)
+	$(BIN)/python -m export bench
+
+clean:
+	rm -rf $(VENV) $(REPOSITORY)/*/ $(REPOSITORY_STAMP)
+
+# A Bento with the serving dependencies only (the [serving] extra of pyproject.toml).
+bento: $(REPOSITORY_STAMP)
+	@mkdir -p build
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['serving']))" > build/requirements-serving.txt
+	$(BIN)/bentoml build

@@ -1,0 +1,1 @@
+"""medseg-serve: the BentoML service and its pure-numpy pipeline (no PyTorch here)."""

@@ -1,0 +1,210 @@
+"""The medseg.json contract between export/ (writer) and services/ (reader).
+
+``model_repository/<model>/medseg.json`` tells the service everything it needs about a model:
+tensors, preprocessing, activation, labels (with coded concepts for DICOM SEG), batching,
+weights provenance and the parity measured at export. The service never hard-codes a model's
+numbers. Both sides use these dataclasses, so a field can only be spelt one way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+CARD_FILE = "medseg.json"
+
+TaskKind = Literal["image2d", "volume3d", "frame_pair", "class_prompted"]
+Activation = Literal["softmax", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named graph tensor. ``shape`` uses -1 for dynamic axes; axis 0 is the batch."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Shape without the batch axis (Triton's ``dims`` when max_batch_size > 0)."""
+        return self.shape[1:]
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (DICOM code sequence item): value, scheme designator, meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output label. ``category``/``type`` follow DICOM SEG's segmented property codes."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]  # display RGB, 0-255
+    category: Code
+    type: Code
+
+
+@dataclass(frozen=True)
+class IntensityRule:
+    """How raw pixel values become network input, per modality.
+
+    kind "window": clip to [center - width/2, center + width/2] (modality units, e.g. HU),
+    then scale to [0, 1]. kind "zscore": (x - mean) / std over the image's foreground
+    (x > min), then clip to ±5. kind "range": x / ``high`` (8-bit display images), then clip
+    to [0, 1].
+    """
+
+    kind: Literal["window", "zscore", "range"]
+    center: float = 0.0
+    width: float = 0.0
+    high: float = 255.0
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Slice-level preprocessing of a 2-D model.
+
+    ``size`` is the network input (rows, cols). ``resize`` "letterbox": keep the physical aspect
+    ratio (pixel spacing when known), scale the longest physical side to fit, pad bottom/right
+    with ``pad_value``; "stretch": resize to ``size`` ignoring aspect. ``intensity`` maps a
+    modality code ("CT", "MR", ...; "default" for PNG/JPEG and unlisted modalities) to a rule.
+    """
+
+    size: tuple[int, int]
+    channels: int
+    resize: Literal["letterbox", "stretch"]
+    intensity: dict[str, IntensityRule]
+    pad_value: float = 0.0
+
+    def rule_for(self, modality: str) -> IntensityRule:
+        """The intensity rule for a modality code, falling back to "default"."""
+        return self.intensity.get(modality, self.intensity["default"])
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Adaptive batching of the inference step (BentoML and Triton's dynamic batcher)."""
+
+    max_batch_size: int
+    max_latency_ms: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where the weights came from. kind: "official" | "demo" | "random"."""
+
+    kind: Literal["official", "demo", "random"]
+    source: str  # file name or description; never a path on the build machine
+    sha256: str | None
+    note: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """ONNX Runtime vs PyTorch on fresh random inputs, measured at export."""
+
+    max_abs_diff: float
+    logit_range: float
+    relative: float  # max_abs_diff / logit_range
+    batch_sizes: tuple[int, ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the service reads about one deployable model (``medseg.json``)."""
+
+    name: str
+    display_name: str
+    task: TaskKind
+    variant: str
+    version: str  # Triton version folder holding the graph
+    description: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    activation: Activation
+    preprocessing: Preprocessing
+    labels: tuple[Label, ...]
+    batching: Batching
+    weights: Weights
+    parity: Parity
+    graph_file: str  # relative to the model folder, e.g. "1/model.onnx"
+    graph_sha256: str
+    schema_version: int = SCHEMA_VERSION
+
+    def label_by_id(self, label_id: int) -> Label:
+        for label in self.labels:
+            if label.id == label_id:
+                return label
+        raise KeyError(label_id)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+
+def _code(d: dict[str, Any]) -> Code:
+    return Code(**d)
+
+
+def card_from_dict(d: dict[str, Any]) -> ModelCard:
+    """Parse a medseg.json dictionary (as written by ``ModelCard.to_json``)."""
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"medseg.json schema_version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    pre = d["preprocessing"]
+    return ModelCard(
+        name=d["name"],
+        display_name=d["display_name"],
+        task=d["task"],
+        variant=d["variant"],
+        version=str(d["version"]),
+        description=d["description"],
+        inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"]),
+        outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"]),
+        activation=d["activation"],
+        preprocessing=Preprocessing(
+            size=tuple(pre["size"]),
+            channels=pre["channels"],
+            resize=pre["resize"],
+            intensity={k: IntensityRule(**v) for k, v in pre["intensity"].items()},
+            pad_value=pre.get("pad_value", 0.0),
+        ),
+        labels=tuple(
+            Label(l["id"], l["name"], tuple(l["color"]), _code(l["category"]), _code(l["type"]))
+            for l in d["labels"]
+        ),
+        batching=Batching(
+            max_batch_size=d["batching"]["max_batch_size"],
+            max_latency_ms=d["batching"]["max_latency_ms"],
+            preferred_batch_sizes=tuple(d["batching"].get("preferred_batch_sizes", ())),
+        ),
+        weights=Weights(**d["weights"]),
+        parity=Parity(**{**d["parity"], "batch_sizes": tuple(d["parity"]["batch_sizes"])}),
+        graph_file=d["graph_file"],
+        graph_sha256=d["graph_sha256"],
+    )
+
+
+def load_card(model_dir: Path) -> ModelCard:
+    """Read ``<model_dir>/medseg.json``."""
+    return card_from_dict(json.loads((model_dir / CARD_FILE).read_text()))
+
+
+def discover_cards(repository: Path) -> dict[str, ModelCard]:
+    """All models of a repository that carry a medseg.json, by name (sorted)."""
+    cards = {}
+    for card_path in sorted(repository.glob(f"*/{CARD_FILE}")):
+        card = load_card(card_path.parent)
+        cards[card.name] = card
+    return cards

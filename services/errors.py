@@ -1,0 +1,79 @@
+"""Typed request errors and their HTTP mapping.
+
+Every error a request can meet is one of these. Messages are written for the caller and must
+never contain patient identifiers (names, IDs, dates) or internal details (paths, tracebacks).
+"""
+
+from __future__ import annotations
+
+
+class MedsegError(Exception):
+    """Base class: an error with an HTTP status and a stable machine-readable code."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, str]:
+        """The JSON body sent to the caller: ``{"error": code, "message": ...}``."""
+        return {"error": self.code, "message": self.message}
+
+
+class BadInput(MedsegError):
+    """Corrupt, truncated or malformed upload, or an invalid form field."""
+
+    status, code = 400, "bad_input"
+
+
+class ModelNotFound(MedsegError):
+    status, code = 404, "model_not_found"
+
+
+class PayloadTooLarge(MedsegError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(MedsegError):
+    """Neither DICOM, PNG nor JPEG (or another format the route does not take)."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class UnsupportedTransferSyntax(MedsegError):
+    """A DICOM file whose pixel data compression no installed decoder handles."""
+
+    status, code = 415, "unsupported_transfer_syntax"
+
+
+class NotAnImage(MedsegError):
+    """A valid DICOM object without image pixels (RT plan, SR, SEG, presentation state...)."""
+
+    status, code = 422, "not_an_image"
+
+
+class UnprocessableImage(MedsegError):
+    """A valid image that this model cannot take (wrong dimensionality, empty, absurd size)."""
+
+    status, code = 422, "unprocessable_image"
+
+
+class Overloaded(MedsegError):
+    status, code = 429, "overloaded"
+
+
+class BackendUnavailable(MedsegError):
+    """The inference backend is not ready or not reachable; the caller should retry later."""
+
+    status, code = 503, "backend_unavailable"
+
+
+class InternalError(MedsegError):
+    """Anything unexpected. The message is generic: details go to the log, never to the caller."""
+
+    status, code = 500, "internal_error"
+
+    def __init__(self, message: str = "internal error; the failure was logged") -> None:
+        super().__init__(message)

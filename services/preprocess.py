@@ -1,0 +1,105 @@
+"""Slice preprocessing: grey conversion, intensity rules and the letterbox resize.
+
+Pure numpy/Pillow functions on one 2-D slice. The demo-weight trainer in export/ calls the same
+functions, so a model sees at serving time exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from services.contract import IntensityRule, Preprocessing
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) → (H, W) float32; colour becomes BT.601 luma."""
+    if pixels.ndim == 3:
+        return (pixels.astype(np.float32) @ _LUMA).astype(np.float32)
+    return pixels.astype(np.float32, copy=False)
+
+
+def apply_intensity(slice_: np.ndarray, rule: IntensityRule) -> np.ndarray:
+    """(H, W) raw values (HU for CT, stored units for MR, 0-255 for 8-bit) → (H, W) float32."""
+    x = slice_.astype(np.float32, copy=False)
+    if rule.kind == "window":
+        low = rule.center - rule.width / 2.0
+        return np.clip((x - low) / rule.width, 0.0, 1.0).astype(np.float32)
+    if rule.kind == "range":
+        return np.clip(x / rule.high, 0.0, 1.0).astype(np.float32)
+    if rule.kind == "zscore":
+        foreground = x[x > x.min()] if np.any(x > x.min()) else x
+        std = float(foreground.std()) or 1.0
+        return np.clip((x - float(foreground.mean())) / std, -5.0, 5.0).astype(np.float32)
+    raise ValueError(f"unknown intensity rule {rule.kind!r}")
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source slice maps into the network input.
+
+    The source (rows, cols) is resized to ``scaled`` (rows, cols) and placed at the top-left of
+    a ``size`` canvas; the rest is padding.
+    """
+
+    source: tuple[int, int]
+    scaled: tuple[int, int]
+    size: tuple[int, int]
+
+
+def plan_letterbox(
+    source: tuple[int, int],
+    size: tuple[int, int],
+    spacing_mm: tuple[float, float] | None,
+    mode: str,
+) -> Letterbox:
+    """Plan the resize of a (rows, cols) slice with (row, col) pixel spacing in mm.
+
+    "letterbox" keeps the physical aspect ratio (square pixels when spacing is unknown);
+    "stretch" fills ``size``.
+    """
+    if mode == "stretch":
+        return Letterbox(source, size, size)
+    row_mm, col_mm = spacing_mm if spacing_mm else (1.0, 1.0)
+    height, width = source[0] * row_mm, source[1] * col_mm
+    scale = min(size[0] / height, size[1] / width)
+    scaled = (
+        max(1, min(size[0], int(round(height * scale)))),
+        max(1, min(size[1], int(round(width * scale)))),
+    )
+    return Letterbox(source, scaled, size)
+
+
+def _resize(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear (antialiased when shrinking) resize of a float32 (H, W) plane to (rows, cols)."""
+    if plane.shape == shape:
+        return plane.astype(np.float32, copy=False)
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def letterbox(plane: np.ndarray, box: Letterbox, pad_value: float) -> np.ndarray:
+    """(rows, cols) → (size) float32 canvas with the resized slice at the top-left."""
+    canvas = np.full(box.size, pad_value, dtype=np.float32)
+    canvas[: box.scaled[0], : box.scaled[1]] = _resize(plane, box.scaled)
+    return canvas
+
+
+def unletterbox(maps: np.ndarray, box: Letterbox) -> np.ndarray:
+    """(C, size) per-class maps → (C, source rows, source cols): crop the padding, resize back."""
+    cropped = maps[:, : box.scaled[0], : box.scaled[1]]
+    return np.stack([_resize(channel, box.source) for channel in cropped])
+
+
+def prepare_slice(
+    pixels: np.ndarray, modality: str, spacing_mm: tuple[float, float] | None, pre: Preprocessing
+) -> tuple[np.ndarray, Letterbox]:
+    """One decoded slice → network input (channels, size) float32 and its letterbox plan."""
+    grey = apply_intensity(to_grey(pixels), pre.rule_for(modality))
+    box = plan_letterbox(grey.shape, pre.size, spacing_mm, pre.resize)
+    plane = letterbox(grey, box, pre.pad_value)
+    return np.repeat(plane[None], pre.channels, axis=0), box
