@@ -1,0 +1,63 @@
+"""Command line: ``python -m export {build,train-demo,bench} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.repository import build_model_folder
+    from export.specs import MODEL_SPECS, get_spec
+
+    names = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    for name in names:
+        build_model_folder(get_spec(name), args.variant, args.repository, weights=args.weights)
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    from export.train_demo import train_demo
+
+    train_demo(args.model, seed=args.seed)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from export.bench import run_benchmark
+
+    run_benchmark(args.model, variants=args.variants, repeats=args.repeats)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="export a model into the Triton model repository")
+    build.add_argument("--model", required=True, help="registered model name, or 'all'")
+    build.add_argument("--variant", default="small", help="network size: small | paper")
+    build.add_argument("--weights", type=Path, default=None, help="weights file (default: demo weights if any)")
+    build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    build.set_defaults(run=_build)
+
+    train = sub.add_parser("train-demo", help="train the small variant's demo weights on phantoms")
+    train.add_argument("model")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=_train_demo)
+
+    bench = sub.add_parser("bench", help="PyTorch eager vs ONNX Runtime vs HTTP latency and throughput")
+    bench.add_argument("--model", default="swtr_unet")
+    bench.add_argument("--variants", nargs="+", default=["small", "paper"])
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.set_defaults(run=_bench)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
