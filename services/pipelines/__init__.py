@@ -1,0 +1,1 @@
+"""Per-task-kind pipelines: decoded input → network tensors → masks in the source grid."""

@@ -1,0 +1,108 @@
+"""The /v1/segment use case as plain functions: bytes in, label maps and their encodings out."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+
+from services.codecs import decode
+from services.codecs.decoded import DecodedImage
+from services.contract import ModelCard
+from services.errors import BadInput, UnprocessableImage
+from services.pipelines.image2d import SliceRunner, labels_from_logits, prepare_frames
+from services.postprocess import label_statistics, rle_encode
+from services.render import display_frames, overlay, png_bytes, tile_frames
+
+OUTPUT_KINDS = ("png", "json", "overlay")
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    image: DecodedImage
+    labels: np.ndarray  # (frames, rows, cols) uint8, the source pixel grid
+    card: ModelCard
+
+
+def check_output_kind(output: str) -> str:
+    if output not in OUTPUT_KINDS:
+        raise BadInput(f"output must be one of {', '.join(OUTPUT_KINDS)}; got {output[:40]!r}")
+    return output
+
+
+async def run_in_chunks(tensors: np.ndarray, run: SliceRunner, chunk: int) -> np.ndarray:
+    """Run (N, C, H, W) through ``run`` in concurrent chunks of at most ``chunk`` slices."""
+    parts = [tensors[i : i + chunk] for i in range(0, len(tensors), chunk)]
+    results = await asyncio.gather(*(run(part) for part in parts))
+    return np.concatenate(results)
+
+
+async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batch: int) -> Segmentation:
+    """Decode an upload (DICOM / PNG / JPEG), run every frame, return label maps in the source grid."""
+    if card.task != "image2d":
+        raise UnprocessableImage(f"model {card.name!r} ({card.task}) does not take single images on this route")
+    image = await anyio.to_thread.run_sync(decode, data)
+    prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
+    logits = await run_in_chunks(prepared.tensors, run, max_batch)
+    labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)
+    return Segmentation(image, labels, card)
+
+
+def segmentation_json(seg: Segmentation) -> dict[str, Any]:
+    """The ``json`` output: model, provenance, input geometry and per-label statistics with RLE."""
+    image, card = seg.image, seg.card
+    label_ids = [label.id for label in card.labels if label.id != 0]
+    stats = label_statistics(seg.labels, label_ids, image.pixel_spacing_mm, image.slice_spacing_mm)
+    labels = []
+    for label_id in label_ids:
+        label = card.label_by_id(label_id)
+        entry: dict[str, Any] = {"id": label_id, "name": label.name, **stats[label_id]}
+        entry["rle"] = [
+            {"frame": index, "size": [image.rows, image.cols], "order": "C", "counts": rle_encode(frame == label_id)}
+            for index, frame in enumerate(seg.labels)
+        ]
+        labels.append(entry)
+    return {
+        "model": card.name,
+        "version": card.version,
+        "variant": card.variant,
+        "weights": asdict(card.weights),
+        "input": {
+            "source": image.source,
+            "modality": image.modality,
+            "shape": [image.frames, image.rows, image.cols],
+            "pixel_spacing_mm": list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None,
+            "slice_spacing_mm": image.slice_spacing_mm,
+        },
+        "labels": labels,
+    }
+
+
+def segmentation_png(seg: Segmentation) -> bytes:
+    """The ``png`` output: uint8 label map (frames stacked top to bottom when multi-frame)."""
+    return png_bytes(tile_frames(seg.labels))
+
+
+def segmentation_overlay(seg: Segmentation) -> bytes:
+    """The ``overlay`` output: label colours blended over the windowed source image."""
+    window = seg.image.window
+    if window is None and seg.image.modality == "CT":
+        rule = seg.card.preprocessing.rule_for("CT")
+        window = (rule.center, rule.width)
+    display = display_frames(seg.image.pixels, window)
+    colours = {label.id: label.color for label in seg.card.labels}
+    return png_bytes(tile_frames(overlay(display, seg.labels, colours)))
+
+
+def frame_headers(seg: Segmentation) -> dict[str, str]:
+    """Headers that let a client untile a multi-frame PNG."""
+    return {
+        "X-Medseg-Model": seg.card.name,
+        "X-Medseg-Model-Version": seg.card.version,
+        "X-Medseg-Frames": str(seg.image.frames),
+        "X-Medseg-Rows": str(seg.image.rows),
+        "X-Medseg-Columns": str(seg.image.cols),
+    }

@@ -1,0 +1,167 @@
+"""BentoML glue: the public ``Segmenter`` service and its batched ``InferenceWorker``.
+
+``bentoml serve services.service:Segmenter`` starts both. Segmenter decodes, preprocesses and
+post-processes (its workers scale with I/O); InferenceWorker owns the backend and merges
+concurrent slices into batches (BentoML adaptive batching). All logic lives in plain modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.contract import ModelCard, discover_cards
+from services.errors import BadInput, ModelNotFound
+from services.responses import typed_errors
+from services.runtime import InferenceBackend
+from services.segment import (
+    check_output_kind,
+    frame_headers,
+    segment_image,
+    segmentation_json,
+    segmentation_overlay,
+    segmentation_png,
+)
+from services.settings import load_settings
+from services.upload_limit import UploadLimit
+
+SETTINGS = load_settings()
+log = logging.getLogger("medseg.api")
+# pydicom logs every failed decoder plugin as an ERROR with a traceback; a corrupt upload is the
+# caller's 4xx, answered with a typed error, not a service error.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+def make_backend() -> InferenceBackend:
+    """The backend named by MEDSEG_BACKEND."""
+    if SETTINGS.backend == "embedded":
+        from services.runtime.ort_backend import OrtBackend
+
+        return OrtBackend(SETTINGS.repository, SETTINGS.ort_threads)
+    raise NotImplementedError("MEDSEG_BACKEND=triton is not available yet")
+
+
+class SliceJob(BaseModel):
+    """One network input of one model: (channels, rows, cols) float32."""
+
+    model: str
+    tensor: Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+
+
+async def run_jobs(backend: InferenceBackend, jobs: list[SliceJob]) -> list[np.ndarray]:
+    """Run a merged batch: one backend call per model, results back in job order."""
+    by_model: dict[str, list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        by_model[job.model].append(index)
+    results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    for model, indices in by_model.items():
+        card = backend.cards[model]
+        batch = np.stack([jobs[i].tensor for i in indices])
+        outputs = await backend.infer(model, {card.inputs[0].name: batch})
+        for i, row in zip(indices, outputs[card.outputs[0].name]):
+            results[i] = row
+    return results
+
+
+@bentoml.service(name="medseg-inference", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
+class InferenceWorker:
+    """Owns the inference backend; one batch at a time per worker."""
+
+    def __init__(self) -> None:
+        self.backend = make_backend()
+
+    def __is_ready__(self) -> bool:
+        return self.backend.is_ready()
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    async def infer_slices(self, jobs: list[SliceJob]) -> list[np.ndarray]:
+        return await run_jobs(self.backend, jobs)
+
+
+def model_listing(cards: dict[str, ModelCard]) -> dict[str, Any]:
+    """The body of GET /v1/models."""
+    return {
+        "models": [
+            {
+                "name": card.name,
+                "display_name": card.display_name,
+                "task": card.task,
+                "variant": card.variant,
+                "version": card.version,
+                "labels": [{"id": l.id, "name": l.name, "color": list(l.color)} for l in card.labels],
+                "weights": asdict(card.weights),
+                "input": {"size": list(card.preprocessing.size), "channels": card.preprocessing.channels},
+            }
+            for card in cards.values()
+        ]
+    }
+
+
+async def list_models(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(model_listing(service.cards))
+
+
+routes_v1 = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+
+
+@bentoml.asgi_app(routes_v1, path="/v1")
+@bentoml.service(
+    name="medseg",
+    workers=1,
+    traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": 64},
+)
+class Segmenter:
+    """Public routes: POST /v1/segment, GET /v1/models, /livez, /readyz, /metrics."""
+
+    inference = bentoml.depends(InferenceWorker)
+
+    def __init__(self) -> None:
+        self.cards = discover_cards(SETTINGS.repository)
+        log.info("serving %s from %s", ", ".join(self.cards) or "no model", SETTINGS.repository)
+
+    def __is_ready__(self) -> bool:
+        return bool(self.cards)
+
+    def card(self, model: str) -> ModelCard:
+        if not model:
+            raise BadInput(f"form field 'model' is required; served models: {', '.join(self.cards)}")
+        if model not in self.cards:
+            raise ModelNotFound(f"model {model[:64]!r} is not served; served models: {', '.join(self.cards)}")
+        return self.cards[model]
+
+    async def _run_slices(self, model: str, tensors: np.ndarray) -> np.ndarray:
+        jobs = [SliceJob(model=model, tensor=t) for t in tensors]
+        return np.stack(await self.inference.to_async.infer_slices(jobs))
+
+    @bentoml.api(route="/v1/segment")
+    @typed_errors
+    async def segment(self, file: Path, model: str = "", output: str = "png"):  # noqa: ANN201 - returns a starlette Response
+        """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay."""
+        card = self.card(model)
+        check_output_kind(output)
+        data = file.read_bytes()
+
+        async def run(tensors: np.ndarray) -> np.ndarray:
+            return await self._run_slices(card.name, tensors)
+
+        seg = await segment_image(data, card, run, SETTINGS.max_batch_size)
+        if output == "json":
+            return JSONResponse(segmentation_json(seg), headers=frame_headers(seg))
+        body = segmentation_png(seg) if output == "png" else segmentation_overlay(seg)
+        return Response(content=body, media_type="image/png", headers=frame_headers(seg))
+
+
+Segmenter.add_asgi_middleware(UploadLimit, max_bytes=SETTINGS.max_upload_bytes)

@@ -1,0 +1,36 @@
+"""Service settings, read once from the environment (``MEDSEG_*`` variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path  # MEDSEG_MODEL_REPOSITORY: the Triton model repository written by export
+    backend: str  # MEDSEG_BACKEND: "embedded" (ONNX Runtime in-process) | "triton"
+    max_upload_bytes: int  # MEDSEG_MAX_UPLOAD_MB: larger request bodies get 413
+    ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
+    max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: adaptive batching, slices per batch
+    max_latency_ms: int  # MEDSEG_MAX_LATENCY_MS: adaptive batching, latency budget per batch
+    request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    backend = env.get("MEDSEG_BACKEND", "embedded")
+    if backend not in ("embedded", "triton"):
+        raise ValueError(f"MEDSEG_BACKEND must be 'embedded' or 'triton', not {backend!r}")
+    return Settings(
+        repository=Path(env.get("MEDSEG_MODEL_REPOSITORY", str(_DEFAULT_REPOSITORY))),
+        backend=backend,
+        max_upload_bytes=int(float(env.get("MEDSEG_MAX_UPLOAD_MB", "256")) * 1024 * 1024),
+        ort_threads=int(env.get("MEDSEG_ORT_THREADS", "0")),
+        max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
+        max_latency_ms=int(env.get("MEDSEG_MAX_LATENCY_MS", "20000")),
+        request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
+    )
