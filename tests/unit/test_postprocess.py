@@ -1,0 +1,72 @@
+"""Post-processing: RLE, statistics, activations and the geometry of letterbox round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.contract import IntensityRule
+from services.postprocess import activate, label_map_from_logits, label_statistics, rle_decode, rle_encode
+from services.preprocess import apply_intensity, letterbox, plan_letterbox, unletterbox
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rle_round_trip(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((37, 53)) > rng.random()
+    counts = rle_encode(mask)
+    assert sum(counts) == mask.size
+    np.testing.assert_array_equal(rle_decode(counts, mask.shape), mask)
+
+
+def test_rle_conventions() -> None:
+    assert rle_encode(np.array([[0, 1, 1, 0]])) == [1, 2, 1]
+    assert rle_encode(np.array([[1, 1, 0]])) == [0, 2, 1]
+    assert rle_encode(np.zeros((2, 2))) == [4]
+
+
+def test_statistics_area_and_volume() -> None:
+    labels = np.zeros((3, 10, 10), dtype=np.uint8)
+    labels[:, :4, :5] = 1  # 20 pixels per frame
+    stats = label_statistics(labels, [1, 2], (0.5, 2.0), 3.0)
+    assert stats[1]["pixel_count"] == 60
+    assert stats[1]["area_mm2"] == pytest.approx(60.0)
+    assert stats[1]["volume_ml"] == pytest.approx(60.0 * 3.0 / 1000.0)
+    assert stats[2] == {"pixel_count": 0, "area_mm2": 0.0, "volume_ml": 0.0}
+    single = label_statistics(labels[:1], [1], None, None)[1]
+    assert single == {"pixel_count": 20, "area_mm2": None, "volume_ml": None}
+
+
+def test_softmax_and_sigmoid() -> None:
+    logits = np.random.default_rng(0).normal(size=(3, 4, 4)).astype(np.float32)
+    probs = activate(logits, "softmax")
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(activate(np.zeros((1, 2, 2)), "sigmoid"), 0.5)
+
+
+def test_ct_window_scales_to_unit_range() -> None:
+    hu = np.array([[-1000.0, -140.0, 60.0, 260.0, 3000.0]])
+    out = apply_intensity(hu, IntensityRule("window", center=60.0, width=400.0))
+    np.testing.assert_allclose(out, [[0.0, 0.0, 0.5, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing"),
+    [((512, 512), (0.7, 0.9)), ((400, 512), None), ((512, 300), (1.0, 1.0)), ((97, 131), (2.0, 0.5))],
+)
+def test_letterbox_round_trip_returns_the_source_grid(shape, spacing) -> None:
+    """A square drawn in the source comes back in the same place after letterbox + undo."""
+    box = plan_letterbox(shape, (256, 256), spacing, "letterbox")
+    assert max(box.scaled) == 256 and all(s <= 256 for s in box.scaled)
+    if spacing:  # physical aspect ratio is kept
+        physical = (shape[0] * spacing[0]) / (shape[1] * spacing[1])
+        assert box.scaled[0] / box.scaled[1] == pytest.approx(physical, rel=0.02)
+    mask = np.zeros(shape, dtype=np.float32)
+    r0, c0 = shape[0] // 4, shape[1] // 3
+    mask[r0 : r0 + shape[0] // 2, c0 : c0 + shape[1] // 3] = 1.0
+    logits = np.stack([1.0 - letterbox(mask, box, 0.0), letterbox(mask, box, 0.0)])
+    back = label_map_from_logits(logits, box)
+    assert back.shape == shape
+    agreement = (back == mask.astype(np.uint8)).mean()
+    assert agreement > 0.98
+    np.testing.assert_array_equal(unletterbox(logits, box).shape, (2, *shape))

@@ -1,0 +1,42 @@
+"""Every registered model spec is complete and self-consistent."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.specs import MODEL_BUILDERS, MODEL_SPECS, WEIGHTS_DIR
+
+SPECS = list(MODEL_SPECS.values())
+
+
+def test_every_spec_has_a_builder() -> None:
+    assert set(MODEL_SPECS) == set(MODEL_BUILDERS)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_labels_are_contiguous_and_coded(spec) -> None:
+    assert [label.id for label in spec.labels] == list(range(len(spec.labels)))
+    assert len({label.name for label in spec.labels}) == len(spec.labels)
+    for label in spec.labels:
+        for code in (label.category, label.type):
+            assert code.value.isdigit() and code.scheme == "SCT" and code.meaning
+        assert all(0 <= c <= 255 for c in label.color)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_variants_have_paper_and_small_and_tensors(spec) -> None:
+    assert {"paper", "small"} <= set(spec.variants)
+    for name, variant in spec.variants.items():
+        inputs, outputs = spec.tensors(name)
+        assert inputs[0].shape[0] == -1 and outputs[0].shape[0] == -1
+        assert inputs[0].shape[2:] == variant.input_size
+        assert outputs[0].shape[1] == len(spec.labels)
+        assert spec.preprocessing(name).size == variant.input_size
+        assert "default" in spec.preprocessing(name).intensity
+        if variant.demo_weights:
+            assert (WEIGHTS_DIR / variant.demo_weights).is_file()
+
+
+def test_unknown_variant_is_a_clear_error() -> None:
+    with pytest.raises(KeyError, match="no variant 'huge'"):
+        SPECS[0].variant("huge")
