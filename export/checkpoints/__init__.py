@@ -1,0 +1,1 @@
+"""Import of official (third-party) checkpoints into our modules, by key mapping with strict checks."""
