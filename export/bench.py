@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,11 +20,11 @@ import httpx
 import numpy as np
 import torch
 
-from export.onnx_export import ort_session
-from export.repository import build_model_folder
+from clients.local_service import local_service
+from export.repository import build_model_folder, resolve_weights
 from export.specs import MODEL_BUILDERS, get_spec
 from export.weights_io import load_weights
-from export.repository import resolve_weights
+from services.runtime.ort_backend import open_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,35 +40,11 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> 
     return statistics.median(samples)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http_round_trip(repository: Path, model: str, payload: bytes, repeats: int) -> float:
     """Median seconds of POST /v1/segment (output=png) on a fresh `bentoml serve` of ``repository``."""
-    import signal
+    with tempfile.TemporaryDirectory() as workdir, local_service(repository, Path(workdir)) as service:
+        with httpx.Client(base_url=service.url, timeout=300) as http:
 
-    port = _free_port()
-    env = {**os.environ, "MEDSEG_MODEL_REPOSITORY": str(repository), "MEDSEG_BACKEND": "embedded"}
-    bentoml = Path(sys.executable).with_name("bentoml")
-    process = subprocess.Popen(
-        [str(bentoml), "serve", "services.service:Segmenter", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=300) as http:
             def call() -> None:
                 response = http.post(
                     "/v1/segment", files={"file": ("x.dcm", payload, "application/dicom")}, data={"model": model}
@@ -77,9 +52,6 @@ def http_round_trip(repository: Path, model: str, payload: bytes, repeats: int) 
                 response.raise_for_status()
 
             return median_seconds(call, repeats)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def phantom_dicom() -> bytes:
@@ -106,7 +78,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
             weights_file, _ = resolve_weights(spec, variant, None)
             if weights_file is not None:
                 load_weights(network, weights_file)
-            session = ort_session(repository / model / card.graph_file)
+            session = open_session(repository / model / card.graph_file, threads=0)
             input_name = card.inputs[0].name
             rng = np.random.default_rng(0)
             figures: dict[str, float] = {}

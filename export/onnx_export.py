@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from services.contract import Parity, TensorSpec
+from services.runtime.ort_backend import open_session
 
 OPSET = 17
 
@@ -39,15 +39,6 @@ def export_onnx(model: nn.Module, inputs: tuple[TensorSpec, ...], outputs: tuple
     onnx.checker.check_model(str(path))
 
 
-def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with full graph optimisation (threads=0: ORT's default)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def measure_parity(
     model: nn.Module,
     path: Path,
@@ -60,7 +51,7 @@ def measure_parity(
     ``relative`` divides by the PyTorch logit range (max − min) so the figure is scale-free.
     """
     rng = np.random.default_rng(seed)
-    session = ort_session(path)
+    session = open_session(path, threads=0)
     worst, logit_range = 0.0, 0.0
     model.eval()
     for batch in batch_sizes:

@@ -39,9 +39,6 @@ from services.upload_limit import UploadLimit
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
-# pydicom logs every failed decoder plugin as an ERROR with a traceback; a corrupt upload is the
-# caller's 4xx, answered with a typed error, not a service error.
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def make_backend() -> InferenceBackend:

@@ -111,3 +111,15 @@ def test_body_over_the_limit_is_413_and_the_service_keeps_serving(client) -> Non
 
 def test_empty_file_is_400(client) -> None:
     assert_error(post(client, b""), 400, "bad_input")
+
+
+def test_python_client_round_trip_and_typed_errors(service) -> None:
+    from clients import MedsegClient, MedsegHTTPError
+
+    with MedsegClient(service.url) as medseg:
+        assert "swtr_unet" in [m["name"] for m in medseg.models()]
+        body = medseg.segment_bytes(png_of(np.zeros((40, 50), np.uint8)), "swtr_unet", "json").json()
+        assert body["input"]["shape"] == [1, 40, 50]
+        with pytest.raises(MedsegHTTPError) as raised:
+            medseg.segment_bytes(b"not an image at all", "swtr_unet")
+    assert raised.value.status == 415 and raised.value.code == "unsupported_media_type"

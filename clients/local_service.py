@@ -1,0 +1,95 @@
+"""Start a real ``bentoml serve`` of the service on a free loopback port (tests, benchmarks, load runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "services.service:Segmenter"
+
+
+@dataclass
+class LocalService:
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(service: LocalService, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {service.process.returncode}:\n{service.log_text()[-4000:]}")
+        try:
+            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"service not ready after {timeout_s:.0f}s:\n{service.log_text()[-4000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the whole process group (BentoML's supervisor and its workers), SIGKILL if needed."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextmanager
+def local_service(
+    repository: Path, workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300
+) -> Iterator[LocalService]:
+    """``bentoml serve`` of ``repository`` (embedded backend) until the block exits; logs in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "serve.log"
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "MEDSEG_BACKEND": "embedded",
+        "MEDSEG_MODEL_REPOSITORY": str(repository),
+        "BENTOML_HOME": str(workdir / "bentoml-home"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    bentoml = Path(sys.executable).with_name("bentoml")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = LocalService(f"http://127.0.0.1:{port}", log_path, process)
+    try:
+        _wait_ready(service, ready_timeout_s)
+        yield service
+    finally:
+        _stop(process)
