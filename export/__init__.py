@@ -1,0 +1,1 @@
+"""Build-time code: networks, phantoms, demo-weight training and the ONNX/Triton model repository."""

@@ -1,0 +1,1 @@
+"""PyTorch networks exported to ONNX (build time only; the service never imports these)."""

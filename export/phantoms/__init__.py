@@ -1,0 +1,1 @@
+"""Procedural imaging phantoms with exact label maps, for demo-weight training and acceptance tests."""
