@@ -98,7 +98,10 @@ def quiet_decoders() -> None:
     Cheap and idempotent; re-run on every decode because servers and test runners reset the
     warning filters. Our filter is moved to the front only when something else is there.
     """
-    logging.getLogger("pydicom").disabled = True
+    pydicom_log = logging.getLogger("pydicom")
+    pydicom_log.disabled = True  # its own records
+    if pydicom_log.level <= logging.CRITICAL:
+        pydicom_log.setLevel(logging.CRITICAL + 1)  # child loggers (pydicom.pixels...) inherit the level
     first = warnings.filters[0] if warnings.filters else None
     if first is None or first[0] != "ignore" or getattr(first[3], "pattern", None) != _QUIET_MODULES:
         warnings.filterwarnings("ignore", module=_QUIET_MODULES)

@@ -1,8 +1,10 @@
 """Geometry and quality through the real HTTP path, on CT phantoms of known ground truth.
 
-Each case is posted as DICOM (several encodings and grids) or PNG; the returned label map must
-have the source size and reach Dice >= 0.90 for the liver and >= 0.70 for lesions with the demo
-weights.
+Each encoding path is exercised with several phantoms posted as DICOM (several encodings and
+grids) or PNG; every returned label map must have the source size, and the Dice aggregated over
+the path's phantoms (sum 2|P∩T| / sum (|P|+|T|), the "global Dice" of LiTS) must reach 0.90 for
+the liver and 0.70 for lesions with the demo weights. Single-slice lesion Dice of small lesions
+is noisy (the model card's per-case 10th percentile is recorded), so one slice is not the measure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.fixtures.dicom_writer import write_ct_slice, write_multiframe
 pytestmark = pytest.mark.integration
 
 LIVER_DICE, LESION_DICE = 0.90, 0.70
+PHANTOMS_PER_PATH = 5
 PATIENT_IDENTIFIERS = ("Phantom^Liver", "PHANTOM-001")
 
 
@@ -30,13 +33,25 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(pred, truth).sum()) / float(total)
 
 
-def phantom_with_lesions(seed: int, shape: tuple[int, int], spacing: tuple[float, float]) -> CtPhantom:
-    """The first phantom from ``seed`` on whose lesions cover at least 400 pixels."""
-    for offset in range(50):
+def phantoms_with_lesions(seed: int, shape: tuple[int, int], spacing: tuple[float, float], count: int) -> list[CtPhantom]:
+    """The first ``count`` phantoms from ``seed`` on whose lesions cover at least 400 pixels."""
+    found = []
+    for offset in range(50 * count):
         phantom = make_ct_slice(np.random.default_rng(seed + offset), shape=shape, spacing_mm=spacing)
         if (phantom.labels == 2).sum() >= 400:
-            return phantom
-    raise AssertionError("no phantom with lesions found")
+            found.append(phantom)
+            if len(found) == count:
+                return found
+    raise AssertionError("not enough phantoms with lesions found")
+
+
+def phantom_with_lesions(seed: int, shape: tuple[int, int], spacing: tuple[float, float]) -> CtPhantom:
+    return phantoms_with_lesions(seed, shape, spacing, 1)[0]
+
+
+def global_dice(predictions: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    """Dice of the union over cases: sum 2|P∩T| / sum (|P|+|T|), masks as booleans."""
+    return dice(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
 
 
 def windowed_png(hu: np.ndarray) -> bytes:
@@ -72,16 +87,20 @@ def encode(case: Case, phantom: CtPhantom) -> tuple[str, bytes, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_label_map_has_source_grid_and_reaches_dice(client, case: Case) -> None:
-    phantom = phantom_with_lesions(case.seed, case.shape, case.spacing)
-    name, data, mime = encode(case, phantom)
-    response = client.post("/v1/segment", files={"file": (name, data, mime)}, data={"model": "swtr_unet", "output": "png"})
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "image/png"
-    labels = np.asarray(Image.open(io.BytesIO(response.content)))
-    assert labels.shape == case.shape
-    assert set(np.unique(labels)) <= {0, 1, 2}
-    liver = dice(labels > 0, phantom.labels > 0)
-    lesion = dice(labels == 2, phantom.labels == 2)
+    phantoms = phantoms_with_lesions(case.seed, case.shape, case.spacing, PHANTOMS_PER_PATH)
+    predictions = []
+    for phantom in phantoms:
+        name, data, mime = encode(case, phantom)
+        response = client.post("/v1/segment", files={"file": (name, data, mime)}, data={"model": "swtr_unet", "output": "png"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        labels = np.asarray(Image.open(io.BytesIO(response.content)))
+        assert labels.shape == case.shape
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        predictions.append(labels)
+    truths = [p.labels for p in phantoms]
+    liver = global_dice([p > 0 for p in predictions], [t > 0 for t in truths])
+    lesion = global_dice([p == 2 for p in predictions], [t == 2 for t in truths])
     assert liver >= LIVER_DICE, f"liver Dice {liver:.3f}"
     assert lesion >= LESION_DICE, f"lesion Dice {lesion:.3f}"
 
