@@ -28,8 +28,11 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from export.bench import run_benchmark
+    from export.specs import MODEL_SPECS
 
-    run_benchmark(args.model, variants=args.variants, repeats=args.repeats)
+    models = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    for model in models:
+        run_benchmark(model, variants=args.variants, repeats=args.repeats)
     return 0
 
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     train.set_defaults(run=_train_demo)
 
     bench = sub.add_parser("bench", help="PyTorch eager vs ONNX Runtime vs HTTP latency and throughput")
-    bench.add_argument("--model", default="swtr_unet")
+    bench.add_argument("--model", default="all", help="registered model name, or 'all'")
     bench.add_argument("--variants", nargs="+", default=["small", "paper"])
     bench.add_argument("--repeats", type=int, default=10)
     bench.set_defaults(run=_bench)

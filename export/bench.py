@@ -1,9 +1,9 @@
 """Benchmark: PyTorch eager vs ONNX Runtime vs the HTTP route, side by side in one run.
 
-For each variant: batch-1 latency and batch-8 throughput of PyTorch eager and ONNX Runtime on the
-same weights and inputs, and the round trip of POST /v1/segment (a 512x512 CT DICOM slice) on a
-real `bentoml serve` of that variant, against bare ONNX Runtime at batch 1. Figures are medians
-over ``repeats`` runs after warm-up; ratios are what to compare across machines.
+For each model and variant: batch-1 latency and full-batch throughput of PyTorch eager and ONNX
+Runtime on the same weights and inputs, and the HTTP round trip on a real `bentoml serve` of that
+variant against the same work on bare ONNX Runtime in-process. Figures are medians over
+``repeats`` runs after warm-up; ratios are what to compare across machines.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from clients.local_service import local_service
 from export.repository import build_model_folder, resolve_weights
 from export.specs import MODEL_BUILDERS, get_spec
 from export.weights_io import load_weights
+from services.pipelines.volume3d import segment_volume
 from services.runtime.ort_backend import open_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,35 +41,60 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> 
     return statistics.median(samples)
 
 
-def http_round_trip(repository: Path, model: str, payload: bytes, repeats: int) -> float:
-    """Median seconds of POST /v1/segment (output=png) on a fresh `bentoml serve` of ``repository``."""
+Files = dict[str, tuple[str, bytes, str]]
+
+
+def http_round_trip(repository: Path, route: str, model: str, files: Files, repeats: int) -> float:
+    """Median seconds of one POST of ``files`` to ``route`` on a fresh `bentoml serve` of ``repository``."""
     with tempfile.TemporaryDirectory() as workdir, local_service(repository, Path(workdir)) as service:
-        with httpx.Client(base_url=service.url, timeout=300) as http:
+        with httpx.Client(base_url=service.url, timeout=600) as http:
 
             def call() -> None:
-                response = http.post(
-                    "/v1/segment", files={"file": ("x.dcm", payload, "application/dicom")}, data={"model": model}
-                )
-                response.raise_for_status()
+                http.post(route, files=files, data={"model": model}).raise_for_status()
 
             return median_seconds(call, repeats)
 
 
-def phantom_dicom() -> bytes:
-    """A 512x512 CT phantom slice as DICOM (the writer of the test fixtures)."""
+def image_request() -> tuple[str, Files, str]:
+    """POST /v1/segment of a 512x512 CT phantom slice as DICOM (the writer of the test fixtures)."""
     sys.path.insert(0, str(ROOT))
     from export.phantoms.ct_liver import make_ct_slice
     from tests.fixtures.dicom_writer import write_ct_slice
 
     phantom = make_ct_slice(np.random.default_rng(7))
-    return write_ct_slice(phantom.hu, phantom.spacing_mm)
+    dicom = write_ct_slice(phantom.hu, phantom.spacing_mm)
+    return "/v1/segment", {"file": ("slice.dcm", dicom, "application/dicom")}, "512x512 CT DICOM"
+
+
+def volume_request(channels: np.ndarray, names: tuple[str, ...]) -> tuple[str, Files, str]:
+    """POST /v1/segment/volume of (C, X, Y, Z) channels as gzip int16 NIfTI files, one per channel."""
+    import gzip
+
+    import nibabel as nib
+
+    files = {
+        name: (f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(np.round(c).astype(np.int16), np.eye(4)).to_bytes()), "application/gzip")
+        for name, c in zip(names, channels)
+    }
+    return "/v1/segment/volume", files, f"{'x'.join(map(str, channels.shape[1:]))} 4-channel NIfTI"
+
+
+def brats_phantom_channels() -> np.ndarray:
+    from export.phantoms.brats import make_brats_case
+
+    return make_brats_case(np.random.default_rng(7)).channels
 
 
 def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[str, dict[str, float]]:
-    """Print and return the figures per variant."""
+    """Print and return the figures per variant.
+
+    Batch-1 latency and throughput at the model's maximum batch size (8 slices for 2-D models, 4
+    patches for 3-D ones), PyTorch eager vs ONNX Runtime on the same weights and inputs. Then the
+    HTTP round trip against the same work done in-process on bare ONNX Runtime: one slice for 2-D
+    models, the whole sliding window over a 96x96x80 phantom for 3-D ones.
+    """
     torch.set_num_threads(os.cpu_count() or 1)
     spec = get_spec(model)
-    payload = phantom_dicom()
     results: dict[str, dict[str, float]] = {}
     for variant in variants:
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,29 +107,46 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
             session = open_session(repository / model / card.graph_file, threads=0)
             input_name = card.inputs[0].name
             rng = np.random.default_rng(0)
-            figures: dict[str, float] = {}
-            for batch in (1, 8):
+            throughput_batch = card.batching.max_batch_size
+            figures: dict[str, float] = {"throughput_batch": throughput_batch}
+            for batch in (1, throughput_batch):
                 x = rng.random((batch, *card.inputs[0].dims), dtype=np.float32)
                 x_torch = torch.from_numpy(x)
                 reps = repeats if batch == 1 else max(3, repeats // 3)
                 with torch.inference_mode():
                     figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(x_torch), reps)
                 figures[f"ort_b{batch}_s"] = median_seconds(lambda: session.run(None, {input_name: x}), reps)
-            figures["http_s"] = http_round_trip(repository, model, payload, repeats)
+            if card.task == "volume3d":
+                channels = brats_phantom_channels()
+                route, files, what = volume_request(channels, card.channel_names)
+
+                def bare() -> None:
+                    infer = lambda batch: session.run(None, {input_name: batch})[0]  # noqa: E731
+                    segment_volume(channels, infer, card.sliding_window, card.regions, card.threshold)
+
+                figures["bare_s"] = median_seconds(bare, max(3, repeats // 3), warmup=1)
+                bare_what = "in-process sliding window on bare ORT"
+            else:
+                route, files, what = image_request()
+                figures["bare_s"] = figures["ort_b1_s"]
+                bare_what = "bare ORT batch 1"
+            figures["http_s"] = http_round_trip(repository, route, model, files, max(3, repeats // 2))
             results[variant] = figures
-            print(_report(model, variant, figures), flush=True)
+            unit = "patch" if card.task == "volume3d" else "img"
+            print(_report(model, variant, figures, what, bare_what, unit), flush=True)
     return results
 
 
-def _report(model: str, variant: str, f: dict[str, float]) -> str:
+def _report(model: str, variant: str, f: dict[str, float], what: str, bare_what: str, unit: str) -> str:
+    n = int(f["throughput_batch"])
     return "\n".join(
         [
             f"## {model} / {variant}",
             f"batch 1 latency   : PyTorch eager {f['torch_b1_s'] * 1e3:8.1f} ms | ONNX Runtime {f['ort_b1_s'] * 1e3:8.1f} ms"
             f" | ORT speed-up x{f['torch_b1_s'] / f['ort_b1_s']:.2f}",
-            f"batch 8 throughput: PyTorch eager {8 / f['torch_b8_s']:8.1f} img/s | ONNX Runtime {8 / f['ort_b8_s']:8.1f} img/s"
-            f" | ORT speed-up x{f['torch_b8_s'] / f['ort_b8_s']:.2f}",
-            f"HTTP /v1/segment  : {f['http_s'] * 1e3:8.1f} ms (512x512 CT DICOM) vs bare ORT batch 1 {f['ort_b1_s'] * 1e3:.1f} ms"
-            f" | overhead {(f['http_s'] - f['ort_b1_s']) * 1e3:.1f} ms, x{f['http_s'] / f['ort_b1_s']:.2f}",
+            f"batch {n} throughput: PyTorch eager {n / f[f'torch_b{n}_s']:8.2f} {unit}/s | ONNX Runtime"
+            f" {n / f[f'ort_b{n}_s']:8.2f} {unit}/s | ORT speed-up x{f[f'torch_b{n}_s'] / f[f'ort_b{n}_s']:.2f}",
+            f"HTTP round trip   : {f['http_s'] * 1e3:8.1f} ms ({what}) vs {bare_what} {f['bare_s'] * 1e3:.1f} ms"
+            f" | overhead {(f['http_s'] - f['bare_s']) * 1e3:.1f} ms, x{f['http_s'] / f['bare_s']:.2f}",
         ]
     )

@@ -37,7 +37,7 @@ def resolve_weights(spec: ModelSpec, variant: str, weights: Path | None) -> tupl
     if demo is not None:
         record_path = demo.with_suffix(".json")
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        metrics = {k: float(v) for k, v in record.get("heldout_metrics", {}).items() if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in record.get("held_out", {}).items() if isinstance(v, (int, float))}
         note = (
             "demo weights trained on procedural phantoms by `python -m export train-demo "
             f"{spec.name}`; not for clinical use"
@@ -102,6 +102,10 @@ def build_model_folder(
         parity=parity,
         graph_file=str(graph.relative_to(folder)),
         graph_sha256=sha256_file(graph),
+        regions=spec.regions,
+        sliding_window=spec.sliding_window(variant),
+        threshold=spec.threshold,
+        channel_names=spec.channel_names,
     )
     (folder / "config.pbtxt").write_text(render_config(card))
     (folder / CARD_FILE).write_text(card.to_json())

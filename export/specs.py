@@ -14,6 +14,8 @@ from typing import Mapping
 
 from torch import nn
 
+from export.models.hnf_net import INPUT_MODALITIES
+
 from services.contract import (
     Activation,
     Batching,
@@ -21,6 +23,8 @@ from services.contract import (
     IntensityRule,
     Label,
     Preprocessing,
+    Region,
+    SlidingWindow,
     TaskKind,
     TensorSpec,
 )
@@ -38,7 +42,7 @@ class Variant:
     """One size of a network family: same code, other hyper-parameters."""
 
     name: str
-    input_size: tuple[int, int]  # (rows, cols) of the network input
+    input_size: tuple[int, ...]  # network input: (rows, cols), or the (X, Y, Z) patch of a 3-D model
     summary: str
     demo_weights: str | None = None  # file name under export/weights/, if demo weights exist
 
@@ -60,6 +64,23 @@ class ModelSpec:
     labels: tuple[Label, ...]
     variants: Mapping[str, Variant]
     batching: Batching
+    regions: tuple[Region, ...] = ()  # sigmoid region outputs (outermost first); empty: one channel per label
+    window_overlap: float = 0.5  # volume3d sliding window
+    window_sigma_scale: float = 0.125
+    window_batch_size: int = 2
+    threshold: float = 0.5  # on sigmoid probabilities
+    channel_names: tuple[str, ...] = ()  # input channels by name (volume3d upload fields, in order)
+
+    @property
+    def output_channels(self) -> int:
+        return len(self.regions) if self.regions else len(self.labels)
+
+    def sliding_window(self, variant: str) -> SlidingWindow | None:
+        """The 3-D inference window of a volume model (patch = the variant's input size); else None."""
+        if self.task != "volume3d":
+            return None
+        patch = self.variant(variant).input_size
+        return SlidingWindow(patch, self.window_overlap, self.window_sigma_scale, self.window_batch_size)  # type: ignore[arg-type]
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -77,9 +98,9 @@ class ModelSpec:
 
     def tensors(self, variant: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Graph inputs and outputs with a dynamic batch axis (-1)."""
-        rows, cols = self.variant(variant).input_size
-        inputs = (TensorSpec(self.input_name, "float32", (-1, self.in_channels, rows, cols)),)
-        outputs = (TensorSpec(self.output_name, "float32", (-1, len(self.labels), rows, cols)),)
+        size = self.variant(variant).input_size
+        inputs = (TensorSpec(self.input_name, "float32", (-1, self.in_channels, *size)),)
+        outputs = (TensorSpec(self.output_name, "float32", (-1, self.output_channels, *size)),)
         return inputs, outputs
 
 
@@ -124,7 +145,48 @@ def _swtr_unet_spec() -> ModelSpec:
     )
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (_swtr_unet_spec(),)}
+def _hnf_net_spec() -> ModelSpec:
+    tumour = MORPHOLOGICALLY_ALTERED
+    return ModelSpec(
+        name="hnf_net",
+        display_name="HNF-Net-like brain tumour segmentation (BraTS, multi-modal MRI volumes)",
+        task="volume3d",
+        description=(
+            "Our reading of HNF-Net (Jia et al., BraTS 2020/2021; no public code): HRNet-style 3-D trunk "
+            "with parallel branches at 1/2..1/8 (1/16 in paper), all-to-all fusion after each stage, "
+            "EMA attention (64 bases, 3 iterations) on the fused high-resolution features; inputs T1, "
+            "T1ce, T2, FLAIR z-scored over brain voxels; 3 sigmoid regions WT, TC, ET painted into BraTS "
+            "2018-2021 labels 2, 1, 4; Gaussian-weighted sliding-window inference."
+        ),
+        input_name="image",
+        output_name="logits",
+        in_channels=4,
+        channel_names=INPUT_MODALITIES,
+        activation="sigmoid",
+        intensity=MappingProxyType({"default": IntensityRule("zscore")}),
+        resize="stretch",  # unused: volumes keep their grid; the sliding window covers any size
+        labels=(
+            Label(0, "background", (0, 0, 0), TISSUE, Code("260787004", "SCT", "Physical object")),
+            Label(1, "necrotic and non-enhancing tumour core", (255, 60, 60), tumour, Code("6574001", "SCT", "Necrosis")),
+            Label(2, "peritumoural edema", (60, 220, 60), tumour, Code("79654002", "SCT", "Edema")),
+            Label(4, "enhancing tumour", (255, 230, 0), tumour, Code("108369006", "SCT", "Neoplasm")),
+        ),
+        regions=(
+            Region("WT", 0, (1, 2, 4), 2),
+            Region("TC", 1, (1, 4), 1),
+            Region("ET", 2, (4,), 4),
+        ),
+        variants=MappingProxyType(
+            {
+                "paper": Variant("paper", (128, 128, 128), "4 branches to 1/16, width 32, 128^3 patches"),
+                "small": Variant("small", (64, 64, 64), "3 branches to 1/8, width 8, 64^3 patches"),
+            }
+        ),
+        batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
+    )
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (_swtr_unet_spec(), _hnf_net_spec())}
 
 
 def _build_swtr_unet(variant: str) -> nn.Module:
@@ -133,7 +195,13 @@ def _build_swtr_unet(variant: str) -> nn.Module:
     return build_swtr_unet(variant)
 
 
-MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {"swtr_unet": _build_swtr_unet}
+def _build_hnf_net(variant: str) -> nn.Module:
+    from export.models.hnf_net import build_hnf_net
+
+    return build_hnf_net(variant)
+
+
+MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {"swtr_unet": _build_swtr_unet, "hnf_net": _build_hnf_net}
 
 
 def get_spec(name: str) -> ModelSpec:

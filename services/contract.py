@@ -72,15 +72,15 @@ class IntensityRule:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Slice-level preprocessing of a 2-D model.
+    """Preprocessing of a model's input.
 
-    ``size`` is the network input (rows, cols). ``resize`` "letterbox": keep the physical aspect
+    ``size`` is the network input: (rows, cols) for 2-D models, the patch (X, Y, Z) for 3-D ones. ``resize`` "letterbox": keep the physical aspect
     ratio (pixel spacing when known), scale the longest physical side to fit, pad bottom/right
     with ``pad_value``; "stretch": resize to ``size`` ignoring aspect. ``intensity`` maps a
     modality code ("CT", "MR", ...; "default" for PNG/JPEG and unlisted modalities) to a rule.
     """
 
-    size: tuple[int, int]
+    size: tuple[int, ...]
     channels: int
     resize: Literal["letterbox", "stretch"]
     intensity: dict[str, IntensityRule]
@@ -89,6 +89,38 @@ class Preprocessing:
     def rule_for(self, modality: str) -> IntensityRule:
         """The intensity rule for a modality code, falling back to "default"."""
         return self.intensity.get(modality, self.intensity["default"])
+
+
+@dataclass(frozen=True)
+class Region:
+    """A sigmoid output channel that covers a set of labels (BraTS WT = {1, 2, 4}, TC = {1, 4}, ET = {4}).
+
+    Label maps are painted region by region in the card's order (outermost first): every voxel
+    of the region gets ``paint_label``, overwriting what an outer region painted.
+    """
+
+    name: str
+    channel: int
+    labels: tuple[int, ...]
+    paint_label: int
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """3-D sliding-window inference: ``patch`` (X, Y, Z) voxels, ``overlap`` fraction of a patch
+    shared by neighbours (0 ≤ overlap < 1), Gaussian weights with sigma = ``gaussian_sigma_scale``
+    × patch side (0: uniform), ``batch_size`` patches per inference call."""
+
+    patch: tuple[int, int, int]
+    overlap: float = 0.5
+    gaussian_sigma_scale: float = 0.125
+    batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1 or any(p < 1 for p in self.patch):
+            raise ValueError("patch sides and batch_size must be positive")
 
 
 @dataclass(frozen=True)
@@ -142,6 +174,10 @@ class ModelCard:
     parity: Parity
     graph_file: str  # relative to the model folder, e.g. "1/model.onnx"
     graph_sha256: str
+    regions: tuple[Region, ...] = ()  # sigmoid region outputs painted into labels (volume3d)
+    channel_names: tuple[str, ...] = ()  # input channels by name (volume3d form fields, in order)
+    sliding_window: SlidingWindow | None = None  # volume3d inference
+    threshold: float = 0.5  # on sigmoid probabilities
     schema_version: int = SCHEMA_VERSION
 
     def label_by_id(self, label_id: int) -> Label:
@@ -193,6 +229,16 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
         parity=Parity(**{**d["parity"], "batch_sizes": tuple(d["parity"]["batch_sizes"])}),
         graph_file=d["graph_file"],
         graph_sha256=d["graph_sha256"],
+        regions=tuple(
+            Region(r["name"], r["channel"], tuple(r["labels"]), r["paint_label"]) for r in d.get("regions", ())
+        ),
+        sliding_window=(
+            SlidingWindow(**{**d["sliding_window"], "patch": tuple(d["sliding_window"]["patch"])})
+            if d.get("sliding_window")
+            else None
+        ),
+        threshold=float(d.get("threshold", 0.5)),
+        channel_names=tuple(d.get("channel_names", ())),
     )
 
 

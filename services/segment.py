@@ -43,7 +43,7 @@ async def run_in_chunks(tensors: np.ndarray, run: SliceRunner, chunk: int) -> np
 async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batch: int) -> Segmentation:
     """Decode an upload (DICOM / PNG / JPEG), run every frame, return label maps in the source grid."""
     if card.task != "image2d":
-        raise UnprocessableImage(f"model {card.name!r} ({card.task}) does not take single images on this route")
+        raise UnprocessableImage(f"model {card.name!r} ({card.task}) does not take single images; use POST /v1/segment/volume")
     image = await anyio.to_thread.run_sync(decode, data)
     prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
     logits = await run_in_chunks(prepared.tensors, run, max_batch)

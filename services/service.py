@@ -13,17 +13,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import bentoml
 import numpy as np
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
-from services.errors import BadInput, ModelNotFound
+from services.errors import BadInput, ModelNotFound, UnsupportedMediaType
 from services.responses import typed_errors
 from services.runtime import InferenceBackend
 from services.segment import (
@@ -34,6 +38,7 @@ from services.segment import (
     segmentation_overlay,
     segmentation_png,
 )
+from services.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 from services.settings import load_settings
 from services.upload_limit import UploadLimit
 
@@ -51,7 +56,7 @@ def make_backend() -> InferenceBackend:
 
 
 class SliceJob(BaseModel):
-    """One network input of one model: (channels, rows, cols) float32."""
+    """One network input of one model: a (channels, rows, cols) slice or a (channels, X, Y, Z) patch, float32."""
 
     model: str
     tensor: Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
@@ -111,7 +116,53 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(model_listing(service.cards))
 
 
-routes_v1 = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+async def read_volume_form(request: Request, channel_names: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Multipart body → (text fields, file bytes by field name). 415 unless multipart, 400 for
+    unparseable bodies and for file fields the route does not take (nothing is silently dropped)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send multipart/form-data with NIfTI files and a 'model' field")
+    try:
+        async with request.form(max_files=len(channel_names) + 2, max_fields=16) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            uploads = {k: await v.read() for k, v in form.items() if isinstance(v, UploadFile)}
+    except MultiPartException as error:
+        raise BadInput(f"the multipart body could not be parsed: {error.message[:120]}") from None
+    unexpected = sorted(set(uploads) - {*channel_names, SINGLE_FILE_FIELD})
+    if unexpected:
+        raise BadInput(
+            f"unexpected file field(s) {', '.join(f[:32] for f in unexpected)}; "
+            f"send {', '.join(channel_names)} or one 4-D volume in '{SINGLE_FILE_FIELD}'"
+        )
+    return fields, uploads
+
+
+@typed_errors
+async def segment_volume(request: Request) -> Response:
+    """POST /v1/segment/volume: multipart NIfTI channels (or one 4-D file), ``model``, ``output`` nifti | json."""
+    service = bentoml.get_current_service()
+    names = tuple(dict.fromkeys(n for c in service.cards.values() if c.task == "volume3d" for n in c.channel_names))
+    fields, uploads = await read_volume_form(request, names)
+    card = service.card(fields.get("model", ""))
+    output = check_volume_output(fields.get("output", "nifti"))
+
+    async def run(patches: np.ndarray) -> np.ndarray:
+        return await service._run_slices(card.name, patches)
+
+    seg = await segment_volume_uploads(uploads, card, run, SETTINGS.max_volume_bytes, parallel_batches=2)
+    headers = {"X-Medseg-Model": card.name, "X-Medseg-Model-Version": card.version}
+    if output == "json":
+        return JSONResponse(volume_json(seg), headers=headers)
+    body = await anyio.to_thread.run_sync(label_map_nifti, seg.labels, seg.reference)
+    headers["Content-Disposition"] = 'attachment; filename="labels.nii.gz"'
+    return Response(content=body, media_type="application/gzip", headers=headers)
+
+
+routes_v1 = Starlette(
+    routes=[
+        Route("/models", list_models, methods=["GET"]),
+        Route("/segment/volume", segment_volume, methods=["POST"]),
+    ]
+)
 
 
 @bentoml.asgi_app(routes_v1, path="/v1")
@@ -121,7 +172,7 @@ routes_v1 = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
     traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": 64},
 )
 class Segmenter:
-    """Public routes: POST /v1/segment, GET /v1/models, /livez, /readyz, /metrics."""
+    """Public routes: POST /v1/segment, POST /v1/segment/volume, GET /v1/models, /livez, /readyz, /metrics."""
 
     inference = bentoml.depends(InferenceWorker)
 

@@ -14,6 +14,7 @@ class Settings:
     repository: Path  # MEDSEG_MODEL_REPOSITORY: the Triton model repository written by export
     backend: str  # MEDSEG_BACKEND: "embedded" (ONNX Runtime in-process) | "triton"
     max_upload_bytes: int  # MEDSEG_MAX_UPLOAD_MB: larger request bodies get 413
+    max_volume_bytes: int  # MEDSEG_MAX_VOLUME_MB: a NIfTI file larger than this once decompressed gets 413
     ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
     max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: adaptive batching, slices per batch
     max_latency_ms: int  # MEDSEG_MAX_LATENCY_MS: adaptive batching, latency budget per batch
@@ -29,6 +30,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         repository=Path(env.get("MEDSEG_MODEL_REPOSITORY", str(_DEFAULT_REPOSITORY))),
         backend=backend,
         max_upload_bytes=int(float(env.get("MEDSEG_MAX_UPLOAD_MB", "256")) * 1024 * 1024),
+        max_volume_bytes=int(float(env.get("MEDSEG_MAX_VOLUME_MB", "1024")) * 1024 * 1024),
         ort_threads=int(env.get("MEDSEG_ORT_THREADS", "0")),
         max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
         max_latency_ms=int(env.get("MEDSEG_MAX_LATENCY_MS", "20000")),
