@@ -14,8 +14,9 @@ def test_every_spec_has_a_builder() -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_labels_are_contiguous_and_coded(spec) -> None:
-    assert [label.id for label in spec.labels] == list(range(len(spec.labels)))
+def test_labels_are_unique_sorted_and_coded(spec) -> None:
+    ids = [label.id for label in spec.labels]
+    assert ids[0] == 0 and ids == sorted(set(ids)) and max(ids) <= 255  # uint8 label maps; BraTS skips 3
     assert len({label.name for label in spec.labels}) == len(spec.labels)
     for label in spec.labels:
         for code in (label.category, label.type):
@@ -30,11 +31,23 @@ def test_variants_have_paper_and_small_and_tensors(spec) -> None:
         inputs, outputs = spec.tensors(name)
         assert inputs[0].shape[0] == -1 and outputs[0].shape[0] == -1
         assert inputs[0].shape[2:] == variant.input_size
-        assert outputs[0].shape[1] == len(spec.labels)
+        assert outputs[0].shape[1] == (len(spec.regions) if spec.regions else len(spec.labels))
         assert spec.preprocessing(name).size == variant.input_size
         assert "default" in spec.preprocessing(name).intensity
         if variant.demo_weights:
             assert (WEIGHTS_DIR / variant.demo_weights).is_file()
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.regions], ids=lambda s: s.name)
+def test_regions_cover_the_output_channels_and_paint_known_labels(spec) -> None:
+    ids = {label.id for label in spec.labels}
+    assert sorted(region.channel for region in spec.regions) == list(range(len(spec.regions)))
+    for region in spec.regions:
+        assert region.paint_label in region.labels and set(region.labels) <= ids - {0}
+    # outermost first: each region contains the ones painted after it
+    for outer, inner in zip(spec.regions, spec.regions[1:]):
+        assert set(inner.labels) <= set(outer.labels)
+    assert spec.activation == "sigmoid"
 
 
 def test_unknown_variant_is_a_clear_error() -> None:
