@@ -70,6 +70,8 @@ class ModelSpec:
     window_batch_size: int = 2
     threshold: float = 0.5  # on sigmoid probabilities
     channel_names: tuple[str, ...] = ()  # input channels by name (volume3d upload fields, in order)
+    mean: tuple[float, ...] = ()  # per-channel normalisation after the intensity rule
+    std: tuple[float, ...] = ()
 
     @property
     def output_channels(self) -> int:
@@ -94,6 +96,8 @@ class ModelSpec:
             resize=self.resize,  # type: ignore[arg-type]
             intensity=dict(self.intensity),
             pad_value=0.0,
+            mean=self.mean,
+            std=self.std,
         )
 
     def tensors(self, variant: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

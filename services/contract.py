@@ -17,6 +17,7 @@ SCHEMA_VERSION = 1
 CARD_FILE = "medseg.json"
 
 TaskKind = Literal["image2d", "volume3d", "frame_pair", "class_prompted"]
+Role = str  # a graph's job inside a multi-graph model, e.g. "encoder", "pair_head"
 Activation = Literal["softmax", "sigmoid"]
 
 
@@ -85,6 +86,8 @@ class Preprocessing:
     resize: Literal["letterbox", "stretch"]
     intensity: dict[str, IntensityRule]
     pad_value: float = 0.0
+    mean: tuple[float, ...] = ()  # per-channel (x - mean) / std after the intensity rule (e.g. ImageNet RGB)
+    std: tuple[float, ...] = ()
 
     def rule_for(self, modality: str) -> IntensityRule:
         """The intensity rule for a modality code, falling back to "default"."""
@@ -155,6 +158,19 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class Component:
+    """One ONNX graph of a multi-graph model, served as its own Triton model folder ``model``."""
+
+    role: Role
+    model: str  # Triton model (folder) name, e.g. "mast_encoder"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    graph_file: str  # relative to the component's folder
+    graph_sha256: str
+    parity: Parity
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything the service reads about one deployable model (``medseg.json``)."""
 
@@ -176,9 +192,23 @@ class ModelCard:
     graph_sha256: str
     regions: tuple[Region, ...] = ()  # sigmoid region outputs painted into labels (volume3d)
     channel_names: tuple[str, ...] = ()  # input channels by name (volume3d form fields, in order)
+    # Multi-graph models (an ensemble folder with no graph of its own): the graphs it chains.
+    components: tuple[Component, ...] = ()
     sliding_window: SlidingWindow | None = None  # volume3d inference
     threshold: float = 0.5  # on sigmoid probabilities
     schema_version: int = SCHEMA_VERSION
+
+    def component(self, role: Role) -> Component:
+        for component in self.components:
+            if component.role == role:
+                return component
+        raise KeyError(f"{self.name} has no {role!r} graph")
+
+    def graphs(self) -> dict[str, tuple[str, tuple[TensorSpec, ...]]]:
+        """Every ONNX graph to load, by Triton model name: (graph file relative to the repository, inputs)."""
+        if self.components:
+            return {c.model: (f"{c.model}/{c.graph_file}", c.inputs) for c in self.components}
+        return {self.name: (f"{self.name}/{self.graph_file}", self.inputs)}
 
     def label_by_id(self, label_id: int) -> Label:
         for label in self.labels:
@@ -194,6 +224,14 @@ def _code(d: dict[str, Any]) -> Code:
     return Code(**d)
 
 
+def _tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
+
+
+def _parity(d: dict[str, Any]) -> Parity:
+    return Parity(**{**d, "batch_sizes": tuple(d["batch_sizes"])})
+
+
 def card_from_dict(d: dict[str, Any]) -> ModelCard:
     """Parse a medseg.json dictionary (as written by ``ModelCard.to_json``)."""
     if d.get("schema_version") != SCHEMA_VERSION:
@@ -206,8 +244,8 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
         variant=d["variant"],
         version=str(d["version"]),
         description=d["description"],
-        inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"]),
-        outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"]),
+        inputs=_tensors(d["inputs"]),
+        outputs=_tensors(d["outputs"]),
         activation=d["activation"],
         preprocessing=Preprocessing(
             size=tuple(pre["size"]),
@@ -215,6 +253,8 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
             resize=pre["resize"],
             intensity={k: IntensityRule(**v) for k, v in pre["intensity"].items()},
             pad_value=pre.get("pad_value", 0.0),
+            mean=tuple(pre.get("mean", ())),
+            std=tuple(pre.get("std", ())),
         ),
         labels=tuple(
             Label(l["id"], l["name"], tuple(l["color"]), _code(l["category"]), _code(l["type"]))
@@ -226,7 +266,7 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
             preferred_batch_sizes=tuple(d["batching"].get("preferred_batch_sizes", ())),
         ),
         weights=Weights(**d["weights"]),
-        parity=Parity(**{**d["parity"], "batch_sizes": tuple(d["parity"]["batch_sizes"])}),
+        parity=_parity(d["parity"]),
         graph_file=d["graph_file"],
         graph_sha256=d["graph_sha256"],
         regions=tuple(
@@ -239,6 +279,13 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
         ),
         threshold=float(d.get("threshold", 0.5)),
         channel_names=tuple(d.get("channel_names", ())),
+        components=tuple(
+            Component(
+                c["role"], c["model"], _tensors(c["inputs"]), _tensors(c["outputs"]), c["graph_file"],
+                c["graph_sha256"], _parity(c["parity"]),
+            )
+            for c in d.get("components", ())
+        ),
     )
 
 

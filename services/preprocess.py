@@ -103,3 +103,23 @@ def prepare_slice(
     box = plan_letterbox(grey.shape, pre.size, spacing_mm, pre.resize)
     plane = letterbox(grey, box, pre.pad_value)
     return np.repeat(plane[None], pre.channels, axis=0), box
+
+
+def prepare_rgb(
+    pixels: np.ndarray, modality: str, spacing_mm: tuple[float, float] | None, pre: Preprocessing
+) -> tuple[np.ndarray, Letterbox]:
+    """One decoded colour frame (H, W, 3) (grey (H, W) is replicated) → (3, size) float32 and its plan.
+
+    Per channel: the intensity rule, the resize of ``pre.resize``, then ``(x - mean) / std`` when
+    the card gives them (ImageNet statistics for video models). Padding is applied before the
+    normalisation, so it is ``pre.pad_value`` in the rule's units.
+    """
+    rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    rule = pre.rule_for(modality)
+    box = plan_letterbox(rgb.shape[:2], pre.size, spacing_mm, pre.resize)
+    planes = np.stack([letterbox(apply_intensity(rgb[..., c], rule), box, pre.pad_value) for c in range(3)])
+    if pre.mean:
+        mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
+        planes = (planes - mean) / std
+    return planes.astype(np.float32), box

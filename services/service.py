@@ -55,26 +55,36 @@ def make_backend() -> InferenceBackend:
     raise NotImplementedError("MEDSEG_BACKEND=triton is not available yet")
 
 
-class SliceJob(BaseModel):
-    """One network input of one model: a (channels, rows, cols) slice or a (channels, X, Y, Z) patch, float32."""
+Tensor = Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+
+
+class GraphJob(BaseModel):
+    """One batch row for one graph (a Triton model name): its inputs by tensor name, without the
+    batch axis: a (channels, rows, cols) slice, a (channels, X, Y, Z) patch, feature maps..."""
 
     model: str
-    tensor: Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+    inputs: dict[str, Tensor]
 
 
-async def run_jobs(backend: InferenceBackend, jobs: list[SliceJob]) -> list[np.ndarray]:
-    """Run a merged batch: one backend call per model, results back in job order."""
+class GraphResult(BaseModel):
+    """The outputs of one job by tensor name, without the batch axis."""
+
+    outputs: dict[str, Tensor]
+
+
+async def run_jobs(backend: InferenceBackend, jobs: list[GraphJob]) -> list[GraphResult]:
+    """Run a merged batch: one backend call per graph, results back in job order."""
     by_model: dict[str, list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
         by_model[job.model].append(index)
-    results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    results: list[GraphResult | None] = [None] * len(jobs)
     for model, indices in by_model.items():
-        card = backend.cards[model]
-        batch = np.stack([jobs[i].tensor for i in indices])
-        outputs = await backend.infer(model, {card.inputs[0].name: batch})
-        for i, row in zip(indices, outputs[card.outputs[0].name]):
-            results[i] = row
-    return results
+        names = jobs[indices[0]].inputs.keys()
+        batch = {name: np.stack([jobs[i].inputs[name] for i in indices]) for name in names}
+        outputs = await backend.infer(model, batch)
+        for row, i in enumerate(indices):
+            results[i] = GraphResult(outputs={name: value[row] for name, value in outputs.items()})
+    return results  # type: ignore[return-value]
 
 
 @bentoml.service(name="medseg-inference", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
@@ -88,7 +98,7 @@ class InferenceWorker:
         return self.backend.is_ready()
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    async def infer_slices(self, jobs: list[SliceJob]) -> list[np.ndarray]:
+    async def infer_graph(self, jobs: list[GraphJob]) -> list[GraphResult]:
         return await run_jobs(self.backend, jobs)
 
 
@@ -146,7 +156,7 @@ async def segment_volume(request: Request) -> Response:
     output = check_volume_output(fields.get("output", "nifti"))
 
     async def run(patches: np.ndarray) -> np.ndarray:
-        return await service._run_slices(card.name, patches)
+        return await service.run_single(card, patches)
 
     seg = await segment_volume_uploads(uploads, card, run, SETTINGS.max_volume_bytes, parallel_batches=2)
     headers = {"X-Medseg-Model": card.name, "X-Medseg-Model-Version": card.version}
@@ -190,9 +200,17 @@ class Segmenter:
             raise ModelNotFound(f"model {model[:64]!r} is not served; served models: {', '.join(self.cards)}")
         return self.cards[model]
 
-    async def _run_slices(self, model: str, tensors: np.ndarray) -> np.ndarray:
-        jobs = [SliceJob(model=model, tensor=t) for t in tensors]
-        return np.stack(await self.inference.to_async.infer_slices(jobs))
+    async def run_graph(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batched inputs of one graph → its batched outputs, one job per row (the worker re-batches)."""
+        rows = len(next(iter(inputs.values())))
+        jobs = [GraphJob(model=model, inputs={k: v[i] for k, v in inputs.items()}) for i in range(rows)]
+        results = await self.inference.to_async.infer_graph(jobs)
+        return {name: np.stack([r.outputs[name] for r in results]) for name in results[0].outputs}
+
+    async def run_single(self, card: ModelCard, tensors: np.ndarray) -> np.ndarray:
+        """(N, ...) into the card's only input → (N, ...) of its first output."""
+        outputs = await self.run_graph(card.name, {card.inputs[0].name: tensors})
+        return outputs[card.outputs[0].name]
 
     @bentoml.api(route="/v1/segment")
     @typed_errors
@@ -203,7 +221,7 @@ class Segmenter:
         data = file.read_bytes()
 
         async def run(tensors: np.ndarray) -> np.ndarray:
-            return await self._run_slices(card.name, tensors)
+            return await self.run_single(card, tensors)
 
         seg = await segment_image(data, card, run, SETTINGS.max_batch_size)
         if output == "json":

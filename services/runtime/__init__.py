@@ -19,5 +19,6 @@ class InferenceBackend(Protocol):
         ...
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``model`` on batched inputs (axis 0 = batch); return all outputs by name."""
+        """Run one graph (a Triton model name: the model, or a component such as ``mast_encoder``)
+        on batched inputs (axis 0 = batch); return all outputs by name."""
         ...

@@ -25,20 +25,26 @@ def open_session(graph: Path, threads: int) -> ort.InferenceSession:
 
 
 class OrtBackend:
-    """Loads every model of the repository that has a medseg.json at construction."""
+    """Loads every graph of every model of the repository that has a medseg.json at construction.
+
+    Sessions are keyed by Triton model name: the model itself, or each component of a
+    multi-graph model (``mast_encoder``, ``mast_pair_head``...).
+    """
 
     def __init__(self, repository: Path, threads: int = 0) -> None:
         self.cards: dict[str, ModelCard] = discover_cards(repository)
+        self._expected = {graph for card in self.cards.values() for graph in card.graphs()}
         self._sessions: dict[str, ort.InferenceSession] = {}
         for name, card in self.cards.items():
-            self._sessions[name] = open_session(repository / name / card.graph_file, threads)
-            log.info("loaded %s (%s, version %s)", name, card.variant, card.version)
+            for graph, (graph_file, _) in card.graphs().items():
+                self._sessions[graph] = open_session(repository / graph_file, threads)
+            log.info("loaded %s (%s, version %s, %d graph(s))", name, card.variant, card.version, len(card.graphs()))
 
     def is_ready(self) -> bool:
-        return bool(self.cards) and set(self._sessions) == set(self.cards)
+        return bool(self.cards) and set(self._sessions) == self._expected
 
     def run(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Blocking inference (ONNX Runtime releases the GIL while it computes)."""
+        """Blocking inference of one graph by Triton model name (ONNX Runtime releases the GIL)."""
         session = self._sessions.get(model)
         if session is None:
             raise ModelNotFound(f"model {model!r} is not served")

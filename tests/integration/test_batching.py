@@ -17,11 +17,11 @@ BUCKET = re.compile(r'^bentoml_service_adaptive_batch_size_bucket\{(?P<labels>[^
 
 
 def batch_histogram(metrics_text: str) -> dict[float, float]:
-    """Cumulative bucket counts (le → count) of the infer_slices batch-size histogram."""
+    """Cumulative bucket counts (le → count) of the infer_graph batch-size histogram."""
     buckets: dict[float, float] = {}
     for line in metrics_text.splitlines():
         match = BUCKET.match(line)
-        if match and 'method_name="infer_slices"' in match["labels"]:
+        if match and 'method_name="infer_graph"' in match["labels"]:
             le = re.search(r'le="([^"]+)"', match["labels"])[1]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(match["value"])
