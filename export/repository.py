@@ -11,10 +11,10 @@ import torch
 
 from export.hashing import sha256_file
 from export.onnx_export import export_onnx, measure_parity
-from export.specs import MODEL_BUILDERS, WEIGHTS_DIR, ModelSpec
-from export.triton_config import render_config
+from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, WEIGHTS_DIR, ModelSpec
+from export.triton_config import ensemble_config, graph_config, render_config
 from export.weights_io import load_weights
-from services.contract import CARD_FILE, ModelCard, Weights
+from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
 
 MAX_RELATIVE_PARITY_FP32 = 1e-4
 VERSION = "1"
@@ -46,6 +46,16 @@ def resolve_weights(spec: ModelSpec, variant: str, weights: Path | None) -> tupl
     return None, Weights("random", "seeded random initialisation (torch.manual_seed(0))", None, note="no trained weights")
 
 
+def check_parity(name: str, parity: Parity) -> Parity:
+    """Raise ParityError above the fp32 tolerance; return ``parity`` otherwise."""
+    if parity.relative > MAX_RELATIVE_PARITY_FP32:
+        raise ParityError(
+            f"{name}: ONNX Runtime differs from PyTorch by {parity.max_abs_diff:.3g} "
+            f"({parity.relative:.3g} of the output range; limit {MAX_RELATIVE_PARITY_FP32})"
+        )
+    return parity
+
+
 def build_model_folder(
     spec: ModelSpec,
     variant: str,
@@ -55,17 +65,22 @@ def build_model_folder(
 ) -> ModelCard:
     """Build ``<repository>/<spec.name>/`` from PyTorch; return the card written as medseg.json.
 
-    Raises ParityError when ONNX Runtime and PyTorch differ by more than 1e-4 of the logit range.
+    Multi-graph models also write one folder per graph (``<name>_<role>``) and make
+    ``<spec.name>/`` a Triton ensemble over them. Raises ParityError when ONNX Runtime and
+    PyTorch differ by more than 1e-4 of an output's range.
     """
     folder = repository / spec.name
-    graph = folder / VERSION / "model.onnx"
-    steps = 4
+    graphs = spec.graphs(variant)
+    steps = 2 + 2 * max(1, len(graphs))
     started = time.perf_counter()
+    done = 0
 
-    def step(i: int, what: str) -> None:
-        say(f"[{spec.name}/{variant}] {i}/{steps} {what} (t={time.perf_counter() - started:.1f}s)")
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        say(f"[{spec.name}/{variant}] {done}/{steps} {what} (t={time.perf_counter() - started:.1f}s)")
 
-    step(1, "building the network and loading weights")
+    step("building the network and loading weights")
     torch.manual_seed(0)
     model = MODEL_BUILDERS[spec.name](variant).eval()
     weights_file, provenance = resolve_weights(spec, variant, weights)
@@ -73,18 +88,33 @@ def build_model_folder(
         load_weights(model, weights_file)
     inputs, outputs = spec.tensors(variant)
 
-    step(2, f"exporting ONNX to {graph.relative_to(repository)}")
-    export_onnx(model, inputs, outputs, graph)
+    components: list[Component] = []
+    if graphs:
+        modules = MODEL_GRAPHS[spec.name](model)
+        for graph in graphs:
+            name = spec.graph_model(graph.role)
+            path = repository / name / VERSION / "model.onnx"
+            step(f"exporting ONNX to {path.relative_to(repository)}")
+            export_onnx(modules[graph.role], graph.inputs, graph.outputs, path)
+            step(f"checking ONNX Runtime against PyTorch ({graph.role})")
+            parity = check_parity(name, measure_parity(modules[graph.role], path, graph.inputs))
+            config = graph_config(name, graph.inputs, graph.outputs, spec.batching, VERSION)
+            (repository / name / "config.pbtxt").write_text(render_config(config))
+            components.append(
+                Component(graph.role, name, graph.inputs, graph.outputs, f"{VERSION}/model.onnx", sha256_file(path), parity)
+            )
+        (folder / VERSION).mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
+        parity = max((c.parity for c in components), key=lambda p: p.relative)
+        graph_file, graph_sha256 = "", ""
+    else:
+        graph = folder / VERSION / "model.onnx"
+        step(f"exporting ONNX to {graph.relative_to(repository)}")
+        export_onnx(model, inputs, outputs, graph)
+        step("checking ONNX Runtime against PyTorch")
+        parity = check_parity(spec.name, measure_parity(model, graph, inputs))
+        graph_file, graph_sha256 = str(graph.relative_to(folder)), sha256_file(graph)
 
-    step(3, "checking ONNX Runtime against PyTorch")
-    parity = measure_parity(model, graph, inputs)
-    if parity.relative > MAX_RELATIVE_PARITY_FP32:
-        raise ParityError(
-            f"{spec.name}/{variant}: ONNX Runtime differs from PyTorch by {parity.max_abs_diff:.3g} "
-            f"({parity.relative:.3g} of the logit range; limit {MAX_RELATIVE_PARITY_FP32})"
-        )
-
-    step(4, "writing medseg.json and config.pbtxt")
+    step("writing medseg.json and config.pbtxt")
     card = ModelCard(
         name=spec.name,
         display_name=spec.display_name,
@@ -100,14 +130,19 @@ def build_model_folder(
         batching=spec.batching,
         weights=provenance,
         parity=parity,
-        graph_file=str(graph.relative_to(folder)),
-        graph_sha256=sha256_file(graph),
+        graph_file=graph_file,
+        graph_sha256=graph_sha256,
         regions=spec.regions,
         sliding_window=spec.sliding_window(variant),
         threshold=spec.threshold,
         channel_names=spec.channel_names,
+        components=tuple(components),
     )
-    (folder / "config.pbtxt").write_text(render_config(card))
+    if components:
+        wiring = [(spec.graph_model(s.role), s.input_map, s.output_map) for s in spec.ensemble]
+        (folder / "config.pbtxt").write_text(render_config(ensemble_config(card, wiring)))
+    else:
+        (folder / "config.pbtxt").write_text(render_config(card))
     (folder / CARD_FILE).write_text(card.to_json())
     say(
         f"[{spec.name}/{variant}] done in {time.perf_counter() - started:.1f}s: weights={provenance.kind}, "

@@ -48,8 +48,32 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of a multi-graph model (served as Triton model ``<model>_<role>``)."""
+
+    role: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of the Triton ensemble: run graph ``role``, wiring graph tensors to ensemble tensors."""
+
+    role: str
+    input_map: Mapping[str, str]  # graph input → ensemble tensor
+    output_map: Mapping[str, str]  # graph output → ensemble tensor (unused outputs are left out)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Facts about a deployable model that do not depend on a particular build."""
+    """Facts about a deployable model that do not depend on a particular build.
+
+    Single-graph models export ``MODEL_BUILDERS[name](variant)`` as one graph with ``input_name``
+    → ``output_name``. Multi-graph models set ``graph_layout`` (the graphs of a variant) and
+    ``ensemble`` (how Triton chains them); ``MODEL_GRAPHS[name]`` cuts the built network into
+    those graphs, and the model folder itself is the ensemble.
+    """
 
     name: str
     display_name: str
@@ -72,6 +96,15 @@ class ModelSpec:
     channel_names: tuple[str, ...] = ()  # input channels by name (volume3d upload fields, in order)
     mean: tuple[float, ...] = ()  # per-channel normalisation after the intensity rule
     std: tuple[float, ...] = ()
+    graph_layout: Callable[[str], tuple[GraphSpec, ...]] | None = None
+    ensemble: tuple[EnsembleStep, ...] = ()
+
+    def graphs(self, variant: str) -> tuple[GraphSpec, ...]:
+        return self.graph_layout(variant) if self.graph_layout else ()
+
+    def graph_model(self, role: str) -> str:
+        """Triton model name of one graph of a multi-graph model."""
+        return f"{self.name}_{role}"
 
     @property
     def output_channels(self) -> int:
@@ -101,11 +134,37 @@ class ModelSpec:
         )
 
     def tensors(self, variant: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        """Graph inputs and outputs with a dynamic batch axis (-1)."""
+        """Graph inputs and outputs with a dynamic batch axis (-1); for a multi-graph model, the
+        ensemble's: inputs no step produces, outputs no later step consumes."""
+        if self.graph_layout:
+            return ensemble_interface(self.graphs(variant), self.ensemble)
         size = self.variant(variant).input_size
         inputs = (TensorSpec(self.input_name, "float32", (-1, self.in_channels, *size)),)
         outputs = (TensorSpec(self.output_name, "float32", (-1, self.output_channels, *size)),)
         return inputs, outputs
+
+
+def ensemble_interface(
+    graphs: tuple[GraphSpec, ...], steps: tuple[EnsembleStep, ...]
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The ensemble's own inputs and outputs, typed and shaped like the graph tensors they map to."""
+    by_role = {g.role: g for g in graphs}
+    produced: dict[str, TensorSpec] = {}
+    inputs: dict[str, TensorSpec] = {}
+    consumed: set[str] = set()
+    for step in steps:
+        graph = by_role[step.role]
+        for tensor in graph.inputs:
+            outer = step.input_map[tensor.name]
+            consumed.add(outer)
+            if outer not in produced and outer not in inputs:
+                inputs[outer] = TensorSpec(outer, tensor.dtype, tensor.shape)
+        for tensor in graph.outputs:
+            if tensor.name in step.output_map:
+                outer = step.output_map[tensor.name]
+                produced[outer] = TensorSpec(outer, tensor.dtype, tensor.shape)
+    outputs = tuple(t for name, t in produced.items() if name not in consumed)
+    return tuple(inputs.values()), outputs
 
 
 def _swtr_unet_spec() -> ModelSpec:
@@ -190,7 +249,70 @@ def _hnf_net_spec() -> ModelSpec:
     )
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (_swtr_unet_spec(), _hnf_net_spec())}
+def _mast_graphs(variant: str) -> tuple[GraphSpec, ...]:
+    from export.models.mast import FRAME_FEATURE_NAMES, MAST_CONFIGS, PAIR_HEAD_INPUT_NAMES
+
+    cfg = MAST_CONFIGS[variant]
+    size, c = cfg.input_size, cfg.channel
+    feature_shapes = [(-1, c, size // stride, size // stride) for stride in (8, 16, 32)]
+    features = tuple(TensorSpec(n, "float32", shape) for n, shape in zip(FRAME_FEATURE_NAMES, feature_shapes))
+    head_inputs = tuple(
+        TensorSpec(n, "float32", shape) for n, shape in zip(PAIR_HEAD_INPUT_NAMES, (*feature_shapes, feature_shapes[2]))
+    )
+    return (
+        GraphSpec("encoder", (TensorSpec("frame", "float32", (-1, 3, size, size)),), features),
+        GraphSpec("pair_head", head_inputs, (TensorSpec("logits", "float32", (-1, 1, size, size)),)),
+    )
+
+
+def _mast_spec() -> ModelSpec:
+    return ModelSpec(
+        name="mast",
+        display_name="MAST video polyp segmentation (colonoscopy frame pairs)",
+        task="frame_pair",
+        description=(
+            "MAST (Chen et al.): shared PVTv2 encoder on an anchor and a reference frame, RFB blocks, "
+            "mixture attention on stage-4 maps, neighbour-connection decoder and reverse-attention "
+            "stages; the anchor's S_3 map as one sigmoid channel. Served as two graphs, a per-frame "
+            "encoder and a pair head, so a stream encodes each frame once; without a reference the "
+            "frame is its own reference (the paper's test protocol)."
+        ),
+        input_name="anchor",
+        output_name="logits",
+        in_channels=3,
+        activation="sigmoid",
+        intensity=MappingProxyType({"default": IntensityRule("range", high=255.0)}),
+        resize="stretch",
+        mean=(0.485, 0.456, 0.406),  # ImageNet RGB, as the PVTv2 backbone was trained
+        std=(0.229, 0.224, 0.225),
+        labels=(
+            Label(0, "background", (0, 0, 0), TISSUE, Code("260787004", "SCT", "Physical object")),
+            Label(1, "polyp", (0, 255, 128), MORPHOLOGICALLY_ALTERED, Code("68496003", "SCT", "Polyp of colon")),
+        ),
+        regions=(Region("polyp", 0, (1,), 1),),
+        variants=MappingProxyType(
+            {
+                "paper": Variant("paper", (352, 352), "PVTv2-b2 encoder, 352x352 frames"),
+                "small": Variant("small", (224, 224), "PVTv2 with one or two blocks per stage, 224x224 frames"),
+            }
+        ),
+        batching=Batching(max_batch_size=8, max_latency_ms=1000, preferred_batch_sizes=(4, 8)),
+        graph_layout=_mast_graphs,
+        ensemble=(
+            EnsembleStep(
+                "encoder", {"frame": "anchor"}, {"feat2": "feat2_a", "feat3": "feat3_a", "feat4": "feat4_a"}
+            ),
+            EnsembleStep("encoder", {"frame": "reference"}, {"feat4": "feat4_r"}),
+            EnsembleStep(
+                "pair_head",
+                {n: n for n in ("feat2_a", "feat3_a", "feat4_a", "feat4_r")},
+                {"logits": "logits"},
+            ),
+        ),
+    )
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (_swtr_unet_spec(), _hnf_net_spec(), _mast_spec())}
 
 
 def _build_swtr_unet(variant: str) -> nn.Module:
@@ -205,7 +327,25 @@ def _build_hnf_net(variant: str) -> nn.Module:
     return build_hnf_net(variant)
 
 
-MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {"swtr_unet": _build_swtr_unet, "hnf_net": _build_hnf_net}
+def _build_mast(variant: str) -> nn.Module:
+    from export.models.mast import build_mast
+
+    return build_mast(variant)
+
+
+def _mast_graph_modules(model: nn.Module) -> dict[str, nn.Module]:
+    from export.models.mast import MastFrameEncoderGraph, MastPairHeadGraph
+
+    return {"encoder": MastFrameEncoderGraph(model), "pair_head": MastPairHeadGraph(model)}
+
+
+MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {
+    "swtr_unet": _build_swtr_unet,
+    "hnf_net": _build_hnf_net,
+    "mast": _build_mast,
+}
+# Multi-graph models: the built network → its graphs by role (see ModelSpec.graph_layout).
+MODEL_GRAPHS: dict[str, Callable[[nn.Module], dict[str, nn.Module]]] = {"mast": _mast_graph_modules}
 
 
 def get_spec(name: str) -> ModelSpec:

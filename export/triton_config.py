@@ -5,7 +5,9 @@ from __future__ import annotations
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from services.contract import ModelCard, TensorSpec
+from collections.abc import Mapping
+
+from services.contract import Batching, ModelCard, TensorSpec
 
 _TRITON_DTYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int64": mc.TYPE_INT64, "uint8": mc.TYPE_UINT8}
 
@@ -15,26 +17,53 @@ def _tensor(spec: TensorSpec, message: type) -> object:
 
 
 def model_config(card: ModelCard) -> mc.ModelConfig:
+    """The config of a single-graph model folder."""
+    return graph_config(card.name, card.inputs, card.outputs, card.batching, card.version)
+
+
+def graph_config(
+    name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], batching: Batching, version: str
+) -> mc.ModelConfig:
     """ONNX Runtime platform, batch axis implicit (max_batch_size > 0), dynamic batching."""
-    batching = card.batching
     return mc.ModelConfig(
-        name=card.name,
+        name=name,
         platform="onnxruntime_onnx",
         max_batch_size=batching.max_batch_size,
-        input=[_tensor(s, mc.ModelInput) for s in card.inputs],
-        output=[_tensor(s, mc.ModelOutput) for s in card.outputs],
+        input=[_tensor(s, mc.ModelInput) for s in inputs],
+        output=[_tensor(s, mc.ModelOutput) for s in outputs],
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=list(batching.preferred_batch_sizes),
             max_queue_delay_microseconds=5000,
         ),
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
-        version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[int(card.version)])),
+        version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[int(version)])),
     )
 
 
-def render_config(card: ModelCard) -> str:
-    """The config.pbtxt text."""
-    return text_format.MessageToString(model_config(card))
+Step = tuple[str, Mapping[str, str], Mapping[str, str]]  # (Triton model, graph input → tensor, graph output → tensor)
+
+
+def ensemble_config(card: ModelCard, steps: list[Step]) -> mc.ModelConfig:
+    """A Triton ensemble with the card's inputs and outputs, chaining ``steps`` in order."""
+    return mc.ModelConfig(
+        name=card.name,
+        platform="ensemble",
+        max_batch_size=card.batching.max_batch_size,
+        input=[_tensor(s, mc.ModelInput) for s in card.inputs],
+        output=[_tensor(s, mc.ModelOutput) for s in card.outputs],
+        ensemble_scheduling=mc.ModelEnsembling(
+            step=[
+                mc.ModelEnsembling.Step(model_name=model, model_version=-1, input_map=dict(ins), output_map=dict(outs))
+                for model, ins, outs in steps
+            ]
+        ),
+    )
+
+
+def render_config(config: ModelCard | mc.ModelConfig) -> str:
+    """The config.pbtxt text of a card (single-graph model) or of a ready ModelConfig."""
+    message = model_config(config) if isinstance(config, ModelCard) else config
+    return text_format.MessageToString(message)
 
 
 def parse_config(text: str) -> mc.ModelConfig:

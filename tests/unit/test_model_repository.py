@@ -5,6 +5,7 @@ Parametrized over every model folder that `make repository` wrote.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -14,7 +15,7 @@ from export.hashing import sha256_file
 from export.repository import MAX_RELATIVE_PARITY_FP32
 from export.specs import MODEL_SPECS
 from export.triton_config import parse_config
-from services.contract import discover_cards
+from services.contract import ModelCard, Parity, TensorSpec, discover_cards
 from tritonclient.grpc import model_config_pb2 as mc
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -36,36 +37,84 @@ def _graph_tensors(values) -> dict[str, tuple[str, tuple[int, ...]]]:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(CARDS))
-def test_config_card_and_graph_agree(name: str) -> None:
-    folder = REPOSITORY / name
-    card = CARDS[name]
-    config = parse_config((folder / "config.pbtxt").read_text())
-    assert config.name == folder.name == card.name
-    assert config.max_batch_size == card.batching.max_batch_size > 0
-    assert config.HasField("dynamic_batching")
+@dataclass(frozen=True)
+class Graph:
+    """One ONNX graph folder: a single-graph model, or one component of a multi-graph model."""
 
-    graph_path = folder / card.graph_file
-    assert sha256_file(graph_path) == card.graph_sha256
-    graph = onnx.load(str(graph_path), load_external_data=False)
-    graph_inputs = _graph_tensors(graph.graph.input)
-    graph_outputs = _graph_tensors(graph.graph.output)
+    folder: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    graph_file: str
+    graph_sha256: str
+    parity: Parity
 
-    for config_tensors, card_tensors, graph_tensors in (
-        (config.input, card.inputs, graph_inputs),
-        (config.output, card.outputs, graph_outputs),
-    ):
-        assert [t.name for t in config_tensors] == [t.name for t in card_tensors] == list(graph_tensors)
-        for config_tensor, card_tensor in zip(config_tensors, card_tensors):
+
+def _graphs() -> dict[str, tuple[ModelCard, Graph]]:
+    graphs = {}
+    for card in CARDS.values():
+        if card.components:
+            for c in card.components:
+                graphs[c.model] = (card, Graph(c.model, c.inputs, c.outputs, c.graph_file, c.graph_sha256, c.parity))
+        else:
+            graphs[card.name] = (card, Graph(card.name, card.inputs, card.outputs, card.graph_file, card.graph_sha256, card.parity))
+    return graphs
+
+
+GRAPHS = _graphs()
+
+
+def _assert_tensors_agree(config_tensors, card_tensors, graph_tensors=None) -> None:
+    assert [t.name for t in config_tensors] == [t.name for t in card_tensors]
+    if graph_tensors is not None:
+        assert [t.name for t in card_tensors] == list(graph_tensors)
+    for config_tensor, card_tensor in zip(config_tensors, card_tensors):
+        assert _TRITON_DTYPES[config_tensor.data_type] == card_tensor.dtype
+        assert tuple(config_tensor.dims) == card_tensor.dims
+        if graph_tensors is not None:
             dtype, dims = graph_tensors[card_tensor.name]
-            assert _TRITON_DTYPES[config_tensor.data_type] == card_tensor.dtype == dtype
-            assert tuple(config_tensor.dims) == card_tensor.dims == dims[1:]
+            assert dtype == card_tensor.dtype and dims[1:] == card_tensor.dims
             assert dims[0] == -1, "batch axis must be dynamic"
 
 
-@pytest.mark.parametrize("name", sorted(CARDS))
-def test_recorded_parity_is_within_fp32_tolerance(name: str) -> None:
-    parity = CARDS[name].parity
+@pytest.mark.parametrize("folder", sorted(GRAPHS))
+def test_config_card_and_graph_agree(folder: str) -> None:
+    card, graph = GRAPHS[folder]
+    config = parse_config((REPOSITORY / folder / "config.pbtxt").read_text())
+    assert config.name == folder
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == card.batching.max_batch_size > 0
+    assert config.HasField("dynamic_batching")
+
+    graph_path = REPOSITORY / folder / graph.graph_file
+    assert sha256_file(graph_path) == graph.graph_sha256
+    model = onnx.load(str(graph_path), load_external_data=False)
+    _assert_tensors_agree(config.input, graph.inputs, _graph_tensors(model.graph.input))
+    _assert_tensors_agree(config.output, graph.outputs, _graph_tensors(model.graph.output))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in CARDS.items() if c.components))
+def test_ensemble_config_chains_its_components(name: str) -> None:
+    card = CARDS[name]
+    config = parse_config((REPOSITORY / name / "config.pbtxt").read_text())
+    assert config.name == name and config.platform == "ensemble"
+    assert (REPOSITORY / name / card.version).is_dir()
+    _assert_tensors_agree(config.input, card.inputs)
+    _assert_tensors_agree(config.output, card.outputs)
+    components = {c.model: c for c in card.components}
+    available = {t.name for t in card.inputs}
+    for step in config.ensemble_scheduling.step:
+        component = components[step.model_name]
+        assert set(step.input_map) == {t.name for t in component.inputs}
+        assert set(step.input_map.values()) <= available, "a step reads a tensor nothing produced"
+        assert set(step.output_map) <= {t.name for t in component.outputs}
+        available |= set(step.output_map.values())
+    assert {t.name for t in card.outputs} <= available
+    assert {s.model_name for s in config.ensemble_scheduling.step} == set(components)
+
+
+@pytest.mark.parametrize("folder", sorted(GRAPHS))
+def test_recorded_parity_is_within_fp32_tolerance(folder: str) -> None:
+    parity = GRAPHS[folder][1].parity
     assert parity.logit_range > 0
     assert parity.relative <= MAX_RELATIVE_PARITY_FP32
     assert 1 in parity.batch_sizes and max(parity.batch_sizes) > 1
