@@ -171,6 +171,16 @@ class Component:
 
 
 @dataclass(frozen=True)
+class EnsembleStep:
+    """One step of a multi-graph model: run the graph of ``role``, wiring its tensors to the
+    ensemble's (Triton ``ensemble_scheduling`` semantics; unused graph outputs are left out)."""
+
+    role: Role
+    input_map: dict[str, str]  # graph input → ensemble tensor
+    output_map: dict[str, str]  # graph output → ensemble tensor
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything the service reads about one deployable model (``medseg.json``)."""
 
@@ -194,6 +204,7 @@ class ModelCard:
     channel_names: tuple[str, ...] = ()  # input channels by name (volume3d form fields, in order)
     # Multi-graph models (an ensemble folder with no graph of its own): the graphs it chains.
     components: tuple[Component, ...] = ()
+    ensemble: tuple[EnsembleStep, ...] = ()  # how the components chain, in order
     sliding_window: SlidingWindow | None = None  # volume3d inference
     threshold: float = 0.5  # on sigmoid probabilities
     schema_version: int = SCHEMA_VERSION
@@ -286,6 +297,7 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
             )
             for c in d.get("components", ())
         ),
+        ensemble=tuple(EnsembleStep(e["role"], dict(e["input_map"]), dict(e["output_map"])) for e in d.get("ensemble", ())),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -13,6 +13,8 @@ from services.codecs import decode
 from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
+from services.pipelines.ensemble import GraphRunner
+from services.pipelines.frame_pair import check_threshold, pair_labels, prepare_rgb_frames
 from services.pipelines.image2d import SliceRunner, labels_from_logits, prepare_frames
 from services.postprocess import label_statistics, rle_encode
 from services.render import display_frames, overlay, png_bytes, tile_frames
@@ -25,6 +27,7 @@ class Segmentation:
     image: DecodedImage
     labels: np.ndarray  # (frames, rows, cols) uint8, the source pixel grid
     card: ModelCard
+    details: dict[str, Any] = field(default_factory=dict)  # task-specific facts reported in json/headers
 
 
 def check_output_kind(output: str) -> str:
@@ -38,6 +41,42 @@ async def run_in_chunks(tensors: np.ndarray, run: SliceRunner, chunk: int) -> np
     parts = [tensors[i : i + chunk] for i in range(0, len(tensors), chunk)]
     results = await asyncio.gather(*(run(part) for part in parts))
     return np.concatenate(results)
+
+
+async def segment_upload(
+    data: bytes,
+    card: ModelCard,
+    run_graph: GraphRunner,
+    max_batch: int,
+    reference: bytes | None = None,
+    threshold: float | None = None,
+) -> Segmentation:
+    """POST /v1/segment for any 2-D task kind: plain slices, or frames against a reference."""
+    if card.task == "frame_pair":
+        return await segment_frame_pair(data, reference, card, run_graph, check_threshold(threshold, card.threshold))
+    if reference is not None or threshold is not None:
+        raise BadInput(f"'reference' and 'threshold' apply to frame-pair models; {card.name!r} is {card.task}")
+
+    async def run(tensors: np.ndarray) -> np.ndarray:
+        outputs = await run_graph(card.name, {card.inputs[0].name: tensors})
+        return outputs[card.outputs[0].name]
+
+    return await segment_image(data, card, run, max_batch)
+
+
+async def segment_frame_pair(
+    data: bytes, reference: bytes | None, card: ModelCard, run_graph: GraphRunner, threshold: float
+) -> Segmentation:
+    """Every frame of the upload against the reference upload's frame (or itself when none)."""
+    image = await anyio.to_thread.run_sync(decode, data)
+    anchors = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+    prepared_reference = None
+    if reference is not None:
+        reference_image = await anyio.to_thread.run_sync(decode, reference)
+        prepared_reference = await anyio.to_thread.run_sync(prepare_rgb_frames, reference_image, card)
+    labels = await pair_labels(anchors, prepared_reference, card, run_graph, threshold)
+    details = {"threshold": threshold, "reference": "provided" if reference is not None else "self"}
+    return Segmentation(image, labels, card, details)
 
 
 async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batch: int) -> Segmentation:
@@ -77,6 +116,7 @@ def segmentation_json(seg: Segmentation) -> dict[str, Any]:
             "pixel_spacing_mm": list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None,
             "slice_spacing_mm": image.slice_spacing_mm,
         },
+        **seg.details,
         "labels": labels,
     }
 
@@ -105,4 +145,5 @@ def frame_headers(seg: Segmentation) -> dict[str, str]:
         "X-Medseg-Frames": str(seg.image.frames),
         "X-Medseg-Rows": str(seg.image.rows),
         "X-Medseg-Columns": str(seg.image.cols),
+        **{f"X-Medseg-{key.title()}": str(value) for key, value in seg.details.items()},
     }

@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import anyio
 import bentoml
@@ -33,7 +33,7 @@ from services.runtime import InferenceBackend
 from services.segment import (
     check_output_kind,
     frame_headers,
-    segment_image,
+    segment_upload,
     segmentation_json,
     segmentation_overlay,
     segmentation_png,
@@ -214,16 +214,25 @@ class Segmenter:
 
     @bentoml.api(route="/v1/segment")
     @typed_errors
-    async def segment(self, file: Path, model: str = "", output: str = "png"):  # noqa: ANN201 - returns a starlette Response
-        """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay."""
+    async def segment(  # noqa: ANN201 - returns a starlette Response
+        self,
+        file: Path,
+        model: str = "",
+        output: str = "png",
+        reference: list[Path] = [],  # noqa: B006 - BentoML takes an optional file field as a list (0 or 1 file)
+        threshold: Optional[float] = None,  # noqa: UP007 - BentoML's form parsing needs the typing form
+    ):
+        """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay.
+
+        Frame-pair models (MAST) take an optional ``reference`` frame and sigmoid ``threshold``.
+        """
         card = self.card(model)
         check_output_kind(output)
         data = file.read_bytes()
-
-        async def run(tensors: np.ndarray) -> np.ndarray:
-            return await self.run_single(card, tensors)
-
-        seg = await segment_image(data, card, run, SETTINGS.max_batch_size)
+        if len(reference) > 1:
+            raise BadInput("send at most one 'reference' file")
+        reference_data = reference[0].read_bytes() if reference else None
+        seg = await segment_upload(data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold)
         if output == "json":
             return JSONResponse(segmentation_json(seg), headers=frame_headers(seg))
         body = segmentation_png(seg) if output == "png" else segmentation_overlay(seg)
