@@ -8,6 +8,7 @@ variant against the same work on bare ONNX Runtime in-process. Figures are media
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import sys
@@ -24,6 +25,8 @@ from clients.local_service import local_service
 from export.repository import build_model_folder, resolve_weights
 from export.specs import MODEL_BUILDERS, get_spec
 from export.weights_io import load_weights
+from services.contract import ModelCard
+from services.pipelines.ensemble import run_ensemble
 from services.pipelines.volume3d import segment_volume
 from services.runtime.ort_backend import open_session
 
@@ -85,13 +88,44 @@ def brats_phantom_channels() -> np.ndarray:
     return make_brats_case(np.random.default_rng(7)).channels
 
 
+def frame_request() -> tuple[str, Files, str]:
+    """POST /v1/segment of one 288x384 RGB PNG frame (no reference: the frame is its own)."""
+    import io
+
+    from PIL import Image
+
+    pixels = (np.random.default_rng(7).random((288, 384, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "/v1/segment", {"file": ("frame.png", buffer.getvalue(), "image/png")}, "288x384 RGB PNG frame"
+
+
+def ort_runner(repository: Path, card: ModelCard) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Bare ONNX Runtime for a card: its one session, or its graphs chained as the ensemble says."""
+    sessions = {name: open_session(repository / graph_file, threads=0) for name, (graph_file, _) in card.graphs().items()}
+
+    def run_graph_sync(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = sessions[name]
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+    if not card.components:
+        return lambda feeds: run_graph_sync(card.name, feeds)
+
+    async def run_graph(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_graph_sync(name, feeds)
+
+    return lambda feeds: asyncio.run(run_ensemble(card, feeds, run_graph))
+
+
 def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[str, dict[str, float]]:
     """Print and return the figures per variant.
 
-    Batch-1 latency and throughput at the model's maximum batch size (8 slices for 2-D models, 4
-    patches for 3-D ones), PyTorch eager vs ONNX Runtime on the same weights and inputs. Then the
-    HTTP round trip against the same work done in-process on bare ONNX Runtime: one slice for 2-D
-    models, the whole sliding window over a 96x96x80 phantom for 3-D ones.
+    Batch-1 latency and throughput at the model's maximum batch size (8 slices or frame pairs for
+    2-D models, 4 patches for 3-D ones), PyTorch eager vs ONNX Runtime on the same weights and
+    inputs. Then the HTTP round trip against the same work done in-process on bare ONNX Runtime:
+    one slice, one self-referenced frame, or the whole sliding window over a 96x96x80 phantom.
+    Frame-pair models also time a stream step (one encoder pass, cached reference features)
+    against a full pair (two encoder passes).
     """
     torch.set_num_threads(os.cpu_count() or 1)
     spec = get_spec(model)
@@ -104,37 +138,68 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
             weights_file, _ = resolve_weights(spec, variant, None)
             if weights_file is not None:
                 load_weights(network, weights_file)
-            session = open_session(repository / model / card.graph_file, threads=0)
-            input_name = card.inputs[0].name
+            ort_run = ort_runner(repository, card)
             rng = np.random.default_rng(0)
             throughput_batch = card.batching.max_batch_size
             figures: dict[str, float] = {"throughput_batch": throughput_batch}
             for batch in (1, throughput_batch):
-                x = rng.random((batch, *card.inputs[0].dims), dtype=np.float32)
-                x_torch = torch.from_numpy(x)
+                feeds = {t.name: rng.random((batch, *t.dims), dtype=np.float32) for t in card.inputs}
+                tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
                 reps = repeats if batch == 1 else max(3, repeats // 3)
                 with torch.inference_mode():
-                    figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(x_torch), reps)
-                figures[f"ort_b{batch}_s"] = median_seconds(lambda: session.run(None, {input_name: x}), reps)
+                    figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps)
+                figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps)
+            extra = ""
             if card.task == "volume3d":
                 channels = brats_phantom_channels()
                 route, files, what = volume_request(channels, card.channel_names)
 
                 def bare() -> None:
-                    infer = lambda batch: session.run(None, {input_name: batch})[0]  # noqa: E731
+                    infer = lambda batch: ort_run({card.inputs[0].name: batch})[card.outputs[0].name]  # noqa: E731
                     segment_volume(channels, infer, card.sliding_window, card.regions, card.threshold)
 
                 figures["bare_s"] = median_seconds(bare, max(3, repeats // 3), warmup=1)
                 bare_what = "in-process sliding window on bare ORT"
+            elif card.task == "frame_pair":
+                route, files, what = frame_request()
+                figures["stream_s"] = stream_step_seconds(repository, card, rng, repeats)
+                figures["bare_s"] = figures["stream_s"]
+                bare_what = "bare ORT, one encoder pass + pair head"
+                extra = (
+                    f"\nstream reuse      : full pair (2 encoder passes) {figures['ort_b1_s'] * 1e3:.1f} ms | "
+                    f"stream step (1 pass, cached reference) {figures['stream_s'] * 1e3:.1f} ms | "
+                    f"saving x{figures['ort_b1_s'] / figures['stream_s']:.2f}"
+                )
             else:
                 route, files, what = image_request()
                 figures["bare_s"] = figures["ort_b1_s"]
                 bare_what = "bare ORT batch 1"
             figures["http_s"] = http_round_trip(repository, route, model, files, max(3, repeats // 2))
             results[variant] = figures
-            unit = "patch" if card.task == "volume3d" else "img"
-            print(_report(model, variant, figures, what, bare_what, unit), flush=True)
+            unit = {"volume3d": "patch", "frame_pair": "pair"}.get(card.task, "img")
+            print(_report(model, variant, figures, what, bare_what, unit) + extra, flush=True)
     return results
+
+
+def stream_step_seconds(repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int) -> float:
+    """Median seconds of one stream step at batch 1: encode the new frame, run the pair head
+    against reference features computed once beforehand."""
+    encoder, head = card.component("encoder"), card.component("pair_head")
+    encode = open_session(repository / encoder.model / encoder.graph_file, threads=0)
+    pair_head = open_session(repository / head.model / head.graph_file, threads=0)
+    frame = rng.random((1, *encoder.inputs[0].dims), dtype=np.float32)
+    names = [o.name for o in encode.get_outputs()]
+    reference = dict(zip(names, encode.run(None, {encoder.inputs[0].name: frame})))
+    anchor_step, reference_step = [s for s in card.ensemble if s.role == "encoder"]
+    anchor_map, reference_map = anchor_step.output_map, reference_step.output_map  # feat → feat_a; feat4 → feat4_r
+
+    def step() -> None:
+        features = dict(zip(names, encode.run(None, {encoder.inputs[0].name: frame})))
+        feeds = {anchor_map[k]: v for k, v in features.items()}
+        feeds.update({reference_map[k]: reference[k] for k in reference_map})
+        pair_head.run(None, {t.name: feeds[t.name] for t in head.inputs})
+
+    return median_seconds(step, repeats)
 
 
 def _report(model: str, variant: str, f: dict[str, float], what: str, bare_what: str, unit: str) -> str:
