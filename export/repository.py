@@ -11,7 +11,7 @@ import torch
 
 from export.hashing import sha256_file
 from export.onnx_export import export_onnx, measure_parity
-from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, WEIGHTS_DIR, ModelSpec
+from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, WEIGHTS_DIR, ModelSpec
 from export.triton_config import ensemble_config, graph_config, render_config
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
@@ -84,7 +84,9 @@ def build_model_folder(
     torch.manual_seed(0)
     model = MODEL_BUILDERS[spec.name](variant).eval()
     weights_file, provenance = resolve_weights(spec, variant, weights)
-    if weights_file is not None:
+    if weights is not None and weights.suffix != ".safetensors" and spec.name in OFFICIAL_LOADERS:
+        OFFICIAL_LOADERS[spec.name](model, weights)  # the published checkpoint's format
+    elif weights_file is not None:
         load_weights(model, weights_file)
     inputs, outputs = spec.tensors(variant)
 
@@ -137,6 +139,7 @@ def build_model_folder(
         threshold=spec.threshold,
         channel_names=spec.channel_names,
         components=tuple(components),
+        ensemble=spec.ensemble,
     )
     if components:
         wiring = [(spec.graph_model(s.role), s.input_map, s.output_map) for s in spec.ensemble]

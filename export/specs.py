@@ -20,6 +20,7 @@ from services.contract import (
     Activation,
     Batching,
     Code,
+    EnsembleStep,
     IntensityRule,
     Label,
     Preprocessing,
@@ -54,15 +55,6 @@ class GraphSpec:
     role: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-
-
-@dataclass(frozen=True)
-class EnsembleStep:
-    """One step of the Triton ensemble: run graph ``role``, wiring graph tensors to ensemble tensors."""
-
-    role: str
-    input_map: Mapping[str, str]  # graph input → ensemble tensor
-    output_map: Mapping[str, str]  # graph output → ensemble tensor (unused outputs are left out)
 
 
 @dataclass(frozen=True)
@@ -344,6 +336,15 @@ MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {
     "hnf_net": _build_hnf_net,
     "mast": _build_mast,
 }
+def _load_official_mast(model: nn.Module, checkpoint: Path) -> nn.Module:
+    from export.checkpoints.mast import load_official_mast
+
+    return load_official_mast(model, checkpoint)  # type: ignore[arg-type]
+
+
+# Official (third-party) checkpoint formats, for `build --weights FILE.pth`; others load our own
+# state-dict format strictly (export.weights_io.load_weights).
+OFFICIAL_LOADERS: dict[str, Callable[[nn.Module, Path], nn.Module]] = {"mast": _load_official_mast}
 # Multi-graph models: the built network → its graphs by role (see ModelSpec.graph_layout).
 MODEL_GRAPHS: dict[str, Callable[[nn.Module], dict[str, nn.Module]]] = {"mast": _mast_graph_modules}
 
