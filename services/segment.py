@@ -90,6 +90,11 @@ async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batc
     return Segmentation(image, labels, card)
 
 
+def provenance(card: ModelCard) -> dict[str, Any]:
+    """What answered: model, version, variant and weights provenance (first keys of every json answer)."""
+    return {"model": card.name, "version": card.version, "variant": card.variant, "weights": asdict(card.weights)}
+
+
 def segmentation_json(seg: Segmentation) -> dict[str, Any]:
     """The ``json`` output: model, provenance, input geometry and per-label statistics with RLE."""
     image, card = seg.image, seg.card
@@ -105,10 +110,7 @@ def segmentation_json(seg: Segmentation) -> dict[str, Any]:
         ]
         labels.append(entry)
     return {
-        "model": card.name,
-        "version": card.version,
-        "variant": card.variant,
-        "weights": asdict(card.weights),
+        **provenance(card),
         "input": {
             "source": image.source,
             "modality": image.modality,

@@ -11,6 +11,7 @@ import numpy as np
 from services.codecs.nifti import NiftiVolume, read_nifti, split_channels, stack_channels
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
+from services.segment import provenance
 from services.pipelines.volume3d import PatchRunner, labels_from_regions, sliding_window_async, zscore_over_foreground
 
 VOLUME_OUTPUT_KINDS = ("nifti", "json")
@@ -85,10 +86,7 @@ def volume_json(seg: VolumeSegmentation) -> dict[str, Any]:
     voxel_ml = float(np.prod(seg.reference.voxel_mm)) / 1000.0
     counts = {int(value): int(count) for value, count in zip(*np.unique(labels, return_counts=True))}
     return {
-        "model": card.name,
-        "version": card.version,
-        "variant": card.variant,
-        "weights": asdict(card.weights),
+        **provenance(card),
         "input": {
             "shape": list(labels.shape),
             "voxel_mm": list(seg.reference.voxel_mm),
