@@ -114,7 +114,14 @@ def model_listing(cards: dict[str, ModelCard]) -> dict[str, Any]:
                 "version": card.version,
                 "labels": [{"id": l.id, "name": l.name, "color": list(l.color)} for l in card.labels],
                 "weights": asdict(card.weights),
-                "input": {"size": list(card.preprocessing.size), "channels": card.preprocessing.channels},
+                "input": {
+                    "size": list(card.preprocessing.size),
+                    "channels": card.preprocessing.channels,
+                    "channel_names": list(card.channel_names),
+                },
+                "regions": [{"name": r.name, "labels": list(r.labels)} for r in card.regions],
+                "threshold": card.threshold if card.activation == "sigmoid" else None,
+                "graphs": sorted(card.graphs()),
             }
             for card in cards.values()
         ]

@@ -49,6 +49,12 @@ def test_models_lists_the_served_models_with_provenance(client) -> None:
     assert model["task"] == "image2d" and model["variant"] == "small" and model["version"] == "1"
     assert [label["name"] for label in model["labels"]] == ["background", "liver", "liver lesion"]
     assert model["weights"]["kind"] == "demo" and len(model["weights"]["sha256"]) == 64
+    assert model["weights"]["metrics"]["liver_whole"] >= 0.9  # the held-out Dice of the training record
+    by_name = {m["name"]: m for m in body["models"]}
+    assert set(by_name) == {"swtr_unet", "hnf_net", "mast"}
+    assert by_name["hnf_net"]["input"]["channel_names"] == ["t1", "t1ce", "t2", "flair"]
+    assert [r["name"] for r in by_name["hnf_net"]["regions"]] == ["WT", "TC", "ET"]
+    assert by_name["mast"]["graphs"] == ["mast_encoder", "mast_pair_head"] and by_name["mast"]["threshold"] == 0.5
 
 
 def test_png_round_trip_keeps_source_size(client) -> None:
