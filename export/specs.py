@@ -234,7 +234,9 @@ def _hnf_net_spec() -> ModelSpec:
         variants=MappingProxyType(
             {
                 "paper": Variant("paper", (128, 128, 128), "4 branches to 1/16, width 32, 128^3 patches"),
-                "small": Variant("small", (64, 64, 64), "3 branches to 1/8, width 8, 64^3 patches"),
+                "small": Variant(
+                    "small", (64, 64, 64), "3 branches to 1/8, width 8, 64^3 patches", "hnf_net_small_demo.safetensors"
+                ),
             }
         ),
         batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
