@@ -16,9 +16,7 @@ masks of the painted labels vs the phantom's labels.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
+from export.training_record import environment, write_record
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
 from export.specs import ModelSpec, get_spec
@@ -334,10 +333,6 @@ def train_hnf_net_demo(
             "evaluate": round(evaluated - trained, 1),
             "total": round(time.perf_counter() - started, 1),
         },
-        "threads": settings.threads,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        **environment(settings.threads),
     }
-    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return write_record(out_dir / RECORD_FILE, record)
