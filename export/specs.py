@@ -287,7 +287,9 @@ def _mast_spec() -> ModelSpec:
         variants=MappingProxyType(
             {
                 "paper": Variant("paper", (352, 352), "PVTv2-b2 encoder, 352x352 frames"),
-                "small": Variant("small", (224, 224), "PVTv2 with one or two blocks per stage, 224x224 frames"),
+                "small": Variant(
+                    "small", (224, 224), "PVTv2 with one or two blocks per stage, 224x224 frames", "mast_small_demo.safetensors"
+                ),
             }
         ),
         batching=Batching(max_batch_size=8, max_latency_ms=1000, preferred_batch_sizes=(4, 8)),

@@ -10,9 +10,7 @@ source grid → argmax → Dice against the phantom's source-resolution labels.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
+from export.training_record import environment, write_record
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
 from export.specs import get_spec
@@ -303,17 +302,21 @@ def train_swtr_unet_demo(
             "train": round(trained - generated, 1),
             "total": round(time.perf_counter() - started, 1),
         },
-        "threads": settings.threads,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        **environment(settings.threads),
     }
-    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return write_record(out_dir / RECORD_FILE, record)
 
 
 def train_demo(model: str, *, seed: int = 0, out_dir: Path = WEIGHTS_DIR) -> dict:
-    """CLI dispatch (``python -m export train-demo <model>``): only "swtr_unet" has demo weights."""
+    """CLI dispatch (``python -m export train-demo <model>``): "swtr_unet", "hnf_net" and "mast" have demo weights."""
+    if model == "mast":
+        from export.train_mast import train_mast_demo
+
+        return train_mast_demo(out_dir, seed=seed)
+    if model == "hnf_net":
+        from export.train_hnf_net import train_hnf_net_demo
+
+        return train_hnf_net_demo(out_dir, seed=seed)
     if model != "swtr_unet":
-        raise KeyError(f"no demo-weight trainer for {model!r}; known: swtr_unet")
+        raise KeyError(f"no demo-weight trainer for {model!r}; known: swtr_unet, hnf_net, mast")
     return train_swtr_unet_demo(out_dir, seed=seed)
