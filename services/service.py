@@ -140,6 +140,10 @@ async def read_volume_form(request: Request, channel_names: tuple[str, ...]) -> 
         raise UnsupportedMediaType("send multipart/form-data with NIfTI files and a 'model' field")
     try:
         async with request.form(max_files=len(channel_names) + 2, max_fields=16) as form:
+            keys = [k for k, _ in form.multi_items()]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise BadInput(f"form field(s) sent more than once: {', '.join(k[:32] for k in repeated)}")
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
             uploads = {k: await v.read() for k, v in form.items() if isinstance(v, UploadFile)}
     except MultiPartException as error:
@@ -223,7 +227,7 @@ class Segmenter:
     @typed_errors
     async def segment(  # noqa: ANN201 - returns a starlette Response
         self,
-        file: Path,
+        file: list[Path],  # exactly one; a list so that a repeated field is refused, not dropped
         model: str = "",
         output: str = "png",
         reference: list[Path] = [],  # noqa: B006 - BentoML takes an optional file field as a list (0 or 1 file)
@@ -235,7 +239,9 @@ class Segmenter:
         """
         card = self.card(model)
         check_output_kind(output)
-        data = file.read_bytes()
+        if len(file) != 1:
+            raise BadInput(f"send exactly one 'file'; got {len(file)}")
+        data = file[0].read_bytes()
         if len(reference) > 1:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None

@@ -129,3 +129,9 @@ def test_python_client_round_trip_and_typed_errors(service) -> None:
         with pytest.raises(MedsegHTTPError) as raised:
             medseg.segment_bytes(b"not an image at all", "swtr_unet")
     assert raised.value.status == 415 and raised.value.code == "unsupported_media_type"
+
+
+def test_a_repeated_file_field_is_refused_not_dropped(client) -> None:
+    image = png_of(np.zeros((32, 32), np.uint8))
+    files = [("file", ("a.png", image, "image/png")), ("file", ("b.png", image, "image/png"))]
+    assert_error(client.post("/v1/segment", files=files, data={"model": "swtr_unet"}), 400, "bad_input")

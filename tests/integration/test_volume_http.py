@@ -127,6 +127,8 @@ def test_bad_volume_requests_get_typed_errors(client) -> None:
     assert_error(post_volume(client, {"t1": files["t1"]}), 400, "bad_input")  # three channels missing
     assert_error(post_volume(client, {**files, "t1_extra": files["t1"]}), 400, "bad_input")  # nothing dropped silently
     assert_error(post_volume(client, {**files, "file": files["t1"]}), 400, "bad_input")  # both ways at once
+    repeated = [(name, upload) for name, upload in files.items()] + [("t1", files["t1"])]
+    assert_error(client.post("/v1/segment/volume", files=repeated, data={"model": "hnf_net"}), 400, "bad_input")
     assert_error(post_volume(client, {**files, "t1": ("t1.nii.gz", files["t1"][1][:5000], "application/gzip")}), 400, "bad_input")
     assert_error(post_volume(client, {**files, "t1": ("t1.png", b"\x89PNG\r\n\x1a\n" + bytes(400), "image/png")}), 415, "unsupported_media_type")
     assert_error(post_volume(client, files, output="png"), 400, "bad_input")
