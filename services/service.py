@@ -41,6 +41,7 @@ from services.segment import (
 from services.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 from services.settings import load_settings
 from services.upload_limit import UploadLimit
+from services.worker_calls import call_worker
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
@@ -215,7 +216,7 @@ class Segmenter:
         """Batched inputs of one graph → its batched outputs, one job per row (the worker re-batches)."""
         rows = len(next(iter(inputs.values())))
         jobs = [GraphJob(model=model, inputs={k: v[i] for k, v in inputs.items()}) for i in range(rows)]
-        results = await self.inference.to_async.infer_graph(jobs)
+        results = await call_worker(lambda: self.inference.to_async.infer_graph(jobs))
         return {name: np.stack([r.outputs[name] for r in results]) for name in results[0].outputs}
 
     async def run_single(self, card: ModelCard, tensors: np.ndarray) -> np.ndarray:

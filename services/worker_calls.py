@@ -1,0 +1,31 @@
+"""Calls from the API service to the inference worker over BentoML's HTTP transport.
+
+BentoML's client reuses keep-alive connections; one the worker is closing at that moment fails
+with a connection reset before the request is read. Inference is idempotent, so the call is
+retried on a fresh connection; a worker that stays unreachable is a 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+
+from services.errors import BackendUnavailable
+
+log = logging.getLogger("medseg.api")
+T = TypeVar("T")
+
+ATTEMPTS = 3
+
+
+async def call_worker(call: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:
+    """Await ``call()``, retrying connection-level failures up to ``attempts`` times in all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except aiohttp.ClientConnectionError as error:
+            log.warning("inference worker connection failed (%s), attempt %d of %d", type(error).__name__, attempt, attempts)
+    raise BackendUnavailable("the inference worker could not be reached; retry shortly")

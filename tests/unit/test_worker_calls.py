@@ -1,0 +1,43 @@
+"""Calls to the inference worker survive a reset keep-alive connection, and fail as a 503."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from services.errors import BackendUnavailable
+from services.worker_calls import call_worker
+
+
+class Flaky:
+    """Fails with ``error`` for the first ``failures`` calls, then answers "ok"."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+def test_a_reset_connection_is_retried_once_and_answers() -> None:
+    flaky = Flaky(1, aiohttp.ClientOSError(None, "Can not write request body"))
+    assert asyncio.run(call_worker(flaky)) == "ok" and flaky.calls == 2
+
+
+def test_a_worker_that_stays_unreachable_is_backend_unavailable() -> None:
+    flaky = Flaky(10, aiohttp.ServerDisconnectedError())
+    with pytest.raises(BackendUnavailable) as raised:
+        asyncio.run(call_worker(flaky, attempts=3))
+    assert flaky.calls == 3 and raised.value.status == 503
+
+
+def test_other_errors_are_not_retried() -> None:
+    flaky = Flaky(1, ValueError("a bug"))
+    with pytest.raises(ValueError):
+        asyncio.run(call_worker(flaky))
+    assert flaky.calls == 1
