@@ -1,4 +1,4 @@
-"""``python -m clients {models,segment} ...``: call a running medseg-serve from the shell."""
+"""``python -m clients {models,segment,volume} ...``: call a running medseg-serve from the shell."""
 
 from __future__ import annotations
 
@@ -20,21 +20,34 @@ def main(argv: list[str] | None = None) -> int:
     segment.add_argument("--model", required=True)
     segment.add_argument("--output", choices=["png", "json", "overlay"], default="png")
     segment.add_argument("-o", "--out", type=Path, help="where to write the PNG (png/overlay)")
+    segment.add_argument("--reference", type=Path, help="frame-pair models: the reference frame")
+    segment.add_argument("--threshold", type=float, help="frame-pair models: sigmoid threshold (0-1)")
+    volume = sub.add_parser("volume", help="segment NIfTI volumes: NAME=FILE per channel, or file=FILE (4-D)")
+    volume.add_argument("channels", nargs="+", help="e.g. t1=a.nii.gz t1ce=b.nii.gz t2=c.nii.gz flair=d.nii.gz")
+    volume.add_argument("--model", required=True)
+    volume.add_argument("--output", choices=["nifti", "json"], default="nifti")
+    volume.add_argument("-o", "--out", type=Path, default=Path("labels.nii.gz"), help="where to write the label map")
     args = parser.parse_args(argv)
+    if args.command == "volume" and any("=" not in item for item in args.channels):
+        parser.error("volume channels are NAME=FILE, e.g. t1=case_t1.nii.gz (or file=case_4d.nii.gz)")
 
     with MedsegClient(args.url) as client:
         try:
             if args.command == "models":
                 print(json.dumps(client.models(), indent=2))
                 return 0
-            result = client.segment(args.file, args.model, args.output)
+            if args.command == "volume":
+                channels = dict(item.split("=", 1) for item in args.channels)
+                result = client.segment_volume({k: Path(v) for k, v in channels.items()}, args.model, args.output)
+            else:
+                result = client.segment(args.file, args.model, args.output, args.reference, args.threshold)
         except MedsegHTTPError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=2))
     else:
-        out = args.out or args.file.with_suffix(f".{args.output}.png")
+        out = args.out or args.file.with_suffix(f".{args.output}.png")  # volume: --out defaults to labels.nii.gz
         out.write_bytes(result)
         print(f"wrote {out}")
     return 0

@@ -49,17 +49,39 @@ class MedsegClient:
         _raise_for_error(response)
         return response.json()["models"]
 
-    def segment_bytes(self, data: bytes, model: str, output: str = "png", filename: str = "upload") -> httpx.Response:
-        """POST /v1/segment with raw file bytes; raises MedsegHTTPError on an error answer."""
-        response = self._http.post(
-            "/v1/segment",
-            files={"file": (filename, data, "application/octet-stream")},
-            data={"model": model, "output": output},
-        )
+    def segment_bytes(
+        self,
+        data: bytes,
+        model: str,
+        output: str = "png",
+        filename: str = "upload",
+        reference: bytes | None = None,
+        threshold: float | None = None,
+    ) -> httpx.Response:
+        """POST /v1/segment with raw file bytes (frame-pair models: optional ``reference`` frame
+        bytes and sigmoid ``threshold``); raises MedsegHTTPError on an error answer."""
+        files = {"file": (filename, data, "application/octet-stream")}
+        if reference is not None:
+            files["reference"] = ("reference", reference, "application/octet-stream")
+        fields = {"model": model, "output": output}
+        if threshold is not None:
+            fields["threshold"] = str(threshold)
+        response = self._http.post("/v1/segment", files=files, data=fields)
         _raise_for_error(response)
         return response
 
-    def segment(self, path: Path, model: str, output: str = "png") -> bytes | dict[str, Any]:
+    def segment(
+        self, path: Path, model: str, output: str = "png", reference: Path | None = None, threshold: float | None = None
+    ) -> bytes | dict[str, Any]:
         """Segment a DICOM / PNG / JPEG file: PNG bytes for png/overlay, a dict for json."""
-        response = self.segment_bytes(path.read_bytes(), model, output, filename=path.name)
+        reference_data = reference.read_bytes() if reference is not None else None
+        response = self.segment_bytes(path.read_bytes(), model, output, path.name, reference_data, threshold)
+        return response.json() if output == "json" else response.content
+
+    def segment_volume(self, channels: dict[str, Path], model: str, output: str = "nifti") -> bytes | dict[str, Any]:
+        """POST /v1/segment/volume: NIfTI files by channel name (``t1``... or one 4-D ``file``):
+        gzip NIfTI label-map bytes for nifti, a dict for json."""
+        files = {name: (path.name, path.read_bytes(), "application/octet-stream") for name, path in channels.items()}
+        response = self._http.post("/v1/segment/volume", files=files, data={"model": model, "output": output})
+        _raise_for_error(response)
         return response.json() if output == "json" else response.content

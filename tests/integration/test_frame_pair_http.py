@@ -80,3 +80,13 @@ def test_frame_pair_errors_are_typed(client) -> None:
         data={"model": "mast"},
     )
     assert bad_reference.status_code == 415 and bad_reference.json()["error"] == "unsupported_media_type"
+
+
+def test_python_client_sends_reference_and_threshold(service) -> None:
+    from clients import MedsegClient
+
+    clip = make_polyp_clip(np.random.default_rng(3301), frames=4, shape=(240, 320))
+    with MedsegClient(service.url) as medseg:
+        body = medseg.segment_bytes(png(clip.frames[0]), "mast", "json", reference=png(clip.frames[3]), threshold=0.4).json()
+    assert body["reference"] == "provided" and body["threshold"] == 0.4
+    assert body["input"]["shape"] == [1, 240, 320]

@@ -143,3 +143,17 @@ def test_bad_volume_requests_get_typed_errors(client) -> None:
     response = client.post("/v1/segment", files={"file": ("x.png", png.getvalue(), "image/png")}, data={"model": "hnf_net"})
     assert_error(response, 422, "unprocessable_image")
     assert client.get("/readyz").status_code == 200
+
+
+def test_command_line_client_writes_the_label_volume(service, tmp_path) -> None:
+    from clients.__main__ import main
+
+    case = phantom(2401)
+    arguments = []
+    for name, (filename, data, _) in channel_files(case).items():
+        (tmp_path / filename).write_bytes(data)
+        arguments.append(f"{name}={tmp_path / filename}")
+    out = tmp_path / "labels.nii.gz"
+    assert main(["--url", service.url, "volume", *arguments, "--model", "hnf_net", "-o", str(out)]) == 0
+    labels = np.asarray(decode_labels(out.read_bytes()).dataobj)
+    assert labels.shape == case.labels.shape and set(np.unique(labels)) <= {0, 1, 2, 4}
