@@ -10,7 +10,6 @@ source grid → argmax → Dice against the phantom's source-resolution labels.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training_record import environment, write_record
+from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import progress as show_progress
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
 from export.specs import get_spec
@@ -99,22 +99,10 @@ def build_pool(seed: int, size: int, workers: int, progress: bool) -> tuple[torc
     Example i depends only on (seed, i), so the pool is the same for any number of workers.
     """
     jobs = [(seed, i) for i in range(size)]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = list(_progress(pool.imap(_training_example, jobs, chunksize=16), size, "phantoms", progress))
-    else:
-        results = [_training_example(job) for job in _progress(jobs, size, "phantoms", progress)]
+    results = parallel_map(_training_example, jobs, workers, "phantoms", progress, chunksize=16)
     images = torch.from_numpy(np.stack([r[0] for r in results]))
     targets = torch.from_numpy(np.stack([r[1] for r in results]))
     return images, targets
-
-
-def _progress(items, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, desc=desc, leave=False)
 
 
 def jitter_intensity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -145,14 +133,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weights: 
     return ce + dice_weights[0] * (1 - liver) + dice_weights[1] * (1 - lesion)
 
 
-def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + np.cos(np.pi * progress))
-
-
 def train_model(
     model: SwtrUnet, images: torch.Tensor, targets: torch.Tensor, settings: TrainSettings, progress: bool
 ) -> list[float]:
@@ -162,7 +142,7 @@ def train_model(
     model.train()
     model.to(memory_format=torch.channels_last)
     losses = []
-    steps = _progress(range(settings.steps), settings.steps, "train", progress)
+    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
     for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)

@@ -16,7 +16,6 @@ masks of the painted labels vs the phantom's labels.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training_record import environment, write_record
+from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import progress as show_progress
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
 from export.specs import ModelSpec, get_spec
-from export.train_demo import _progress, cosine_lr
 from services.pipelines.volume3d import regions_from_labels, segment_volume, zscore_over_foreground
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -88,20 +87,12 @@ def _training_case(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return zscore_over_foreground(case.channels).astype(np.float16), case.labels
 
 
-def _map(function, jobs: list, workers: int, desc: str, progress: bool) -> list:
-    """Ordered map over ``jobs``, in a fork pool when ``workers`` > 1 (results depend on the job only)."""
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return list(_progress(pool.imap(function, jobs, chunksize=2), len(jobs), desc, progress))
-    return [function(job) for job in _progress(jobs, len(jobs), desc, progress)]
-
-
 def build_pool(seed: int, size: int, workers: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-generate ``size`` cases: inputs (N, 4, X, Y, Z) float16 z-scores, labels (N, X, Y, Z) uint8.
 
     Case i depends only on (seed, i), so the pool is the same for any number of workers.
     """
-    results = _map(_training_case, [(seed, i) for i in range(size)], workers, "phantoms", progress)
+    results = parallel_map(_training_case, [(seed, i) for i in range(size)], workers, "phantoms", progress, chunksize=2)
     images = torch.from_numpy(np.stack([r[0] for r in results]))
     labels = torch.from_numpy(np.stack([r[1] for r in results]))
     return images, labels
@@ -109,7 +100,7 @@ def build_pool(seed: int, size: int, workers: int, progress: bool) -> tuple[torc
 
 def held_out_cases(seed: int, count: int, workers: int = 1, progress: bool = False) -> list[BratsPhantom]:
     """Fresh phantoms (raw scanner units) for evaluation: case i from generator (seed, i)."""
-    return _map(_case, [(seed, i) for i in range(count)], workers, "held-out phantoms", progress)
+    return parallel_map(_case, [(seed, i) for i in range(count)], workers, "held-out phantoms", progress, chunksize=2)
 
 
 def sample_corner(
@@ -182,7 +173,7 @@ def train_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
     losses: list[float] = []
-    steps = _progress(range(settings.steps), settings.steps, "train", progress)
+    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
     for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)
@@ -256,7 +247,7 @@ def evaluate(model: HnfNet, cases: list[BratsPhantom], progress: bool = False) -
     infer = torch_infer(model)
     predictions = [
         segment_volume(case.channels, infer, window, spec.regions, spec.threshold).labels  # type: ignore[arg-type]
-        for case in _progress(cases, len(cases), "evaluate", progress)
+        for case in show_progress(cases, len(cases), "evaluate", progress)
     ]
     return region_dice(predictions, [case.labels for case in cases])
 

@@ -14,7 +14,6 @@ logits ≥ 0 (sigmoid ≥ 0.5) → Dice against the phantom's source-resolution 
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training_record import environment, write_record
+from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import progress as show_progress
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
 from export.specs import get_spec
-from export.train_demo import _progress, cosine_lr
 from services.contract import Preprocessing
 from services.preprocess import letterbox, prepare_rgb, unletterbox
 
@@ -92,11 +91,7 @@ def build_pool(
     Clip i depends only on (seed, i), so the pool is the same for any number of workers.
     """
     jobs = [(seed, i, frames) for i in range(clips)]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = list(_progress(pool.imap(_clip_example, jobs, chunksize=4), clips, "clips", progress))
-    else:
-        results = [_clip_example(job) for job in _progress(jobs, clips, "clips", progress)]
+    results = parallel_map(_clip_example, jobs, workers, "clips", progress, chunksize=4)
     return torch.from_numpy(np.stack([r[0] for r in results])), torch.from_numpy(np.stack([r[1] for r in results]))
 
 
@@ -159,7 +154,7 @@ def train_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
     losses: list[float] = []
-    steps = _progress(range(settings.steps), settings.steps, "train", progress)
+    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
     for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)

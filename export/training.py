@@ -1,0 +1,63 @@
+"""Pieces every demo-weight trainer shares: pool generation, progress, learning-rate schedule and
+the record's environment block and writer (``export/weights/<model>_small_demo.json``)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def progress(items: Iterable[J], total: int, desc: str, enabled: bool) -> Iterable[J]:
+    """``items`` with a tqdm bar when ``enabled``."""
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, leave=False)
+
+
+def parallel_map(
+    function: Callable[[J], R], jobs: list[J], workers: int, desc: str, show: bool, chunksize: int = 4
+) -> list[R]:
+    """Ordered ``[function(job) for job in jobs]``, in a fork pool when ``workers`` > 1.
+
+    Each result depends on its job only, so the output is the same for any number of workers.
+    """
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return list(progress(pool.imap(function, jobs, chunksize=chunksize), len(jobs), desc, show))
+    return [function(job) for job in progress(jobs, len(jobs), desc, show)]
+
+
+def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    fraction = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + np.cos(np.pi * fraction))
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """Threads and library versions a record is reproduced with."""
+    return {
+        "threads": threads,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` as indented JSON (trailing newline); return it."""
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
