@@ -67,9 +67,9 @@ def plan_letterbox(
     row_mm, col_mm = spacing_mm if spacing_mm else (1.0, 1.0)
     height, width = source[0] * row_mm, source[1] * col_mm
     scale = min(size[0] / height, size[1] / width)
-    scaled = (
-        max(1, min(size[0], int(round(height * scale)))),
-        max(1, min(size[1], int(round(width * scale)))),
+    scaled = (  # rounded half up, as Segment Anything's ResizeLongestSide
+        max(1, min(size[0], int(height * scale + 0.5))),
+        max(1, min(size[1], int(width * scale + 0.5))),
     )
     return Letterbox(source, scaled, size)
 
@@ -82,6 +82,12 @@ def _resize(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
+def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) float maps → (C, rows, cols) float32, bilinear (half-pixel centres; when
+    enlarging, equal to ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
+    return np.stack([_resize(channel, shape) for channel in maps])
+
+
 def letterbox(plane: np.ndarray, box: Letterbox, pad_value: float) -> np.ndarray:
     """(rows, cols) → (size) float32 canvas with the resized slice at the top-left."""
     canvas = np.full(box.size, pad_value, dtype=np.float32)
@@ -91,8 +97,7 @@ def letterbox(plane: np.ndarray, box: Letterbox, pad_value: float) -> np.ndarray
 
 def unletterbox(maps: np.ndarray, box: Letterbox) -> np.ndarray:
     """(C, size) per-class maps → (C, source rows, source cols): crop the padding, resize back."""
-    cropped = maps[:, : box.scaled[0], : box.scaled[1]]
-    return np.stack([_resize(channel, box.source) for channel in cropped])
+    return resize_maps(maps[:, : box.scaled[0], : box.scaled[1]], box.source)
 
 
 def prepare_slice(
@@ -110,16 +115,17 @@ def prepare_rgb(
 ) -> tuple[np.ndarray, Letterbox]:
     """One decoded colour frame (H, W, 3) (grey (H, W) is replicated) → (3, size) float32 and its plan.
 
-    Per channel: the intensity rule, the resize of ``pre.resize``, then ``(x - mean) / std`` when
-    the card gives them (ImageNet statistics for video models). Padding is applied before the
-    normalisation, so it is ``pre.pad_value`` in the rule's units.
+    Per channel: the intensity rule, then ``(x - mean) / std`` when the card gives them (ImageNet
+    statistics for video models), then the resize of ``pre.resize``. Padding comes last, so it is
+    ``pre.pad_value`` after normalisation (0 for Segment Anything).
     """
     rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
     rule = pre.rule_for(modality)
     box = plan_letterbox(rgb.shape[:2], pre.size, spacing_mm, pre.resize)
-    planes = np.stack([letterbox(apply_intensity(rgb[..., c], rule), box, pre.pad_value) for c in range(3)])
-    if pre.mean:
-        mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
-        planes = (planes - mean) / std
-    return planes.astype(np.float32), box
+    mean = pre.mean or (0.0, 0.0, 0.0)
+    std = pre.std or (1.0, 1.0, 1.0)
+    planes = [
+        letterbox((apply_intensity(rgb[..., c], rule) - np.float32(mean[c])) / np.float32(std[c]), box, pre.pad_value)
+        for c in range(3)
+    ]
+    return np.stack(planes).astype(np.float32, copy=False), box
