@@ -13,3 +13,15 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_graph(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of an ONNX graph file followed by its external-data file
+    (``<name>.data`` beside it) when it has one, so the digest covers the weights either way."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + ".data")):
+        if part == path or part.exists():
+            with part.open("rb") as handle:
+                while chunk := handle.read(chunk_bytes):
+                    digest.update(chunk)
+    return digest.hexdigest()

@@ -13,16 +13,33 @@ from services.contract import Parity, TensorSpec
 from services.runtime.ort_backend import open_session
 
 OPSET = 17
+# Graphs whose parameters exceed this are stored as model.onnx + one external-data file
+# (SAM ViT-L/H: 1.2 / 2.5 GB; protobuf caps a single file at 2 GB).
+EXTERNAL_DATA_OVER_BYTES = 1 << 30
 
 
-def export_onnx(model: nn.Module, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], path: Path) -> None:
-    """Write ``model`` (eval mode) as ONNX with named tensors and a dynamic batch axis; run onnx.checker.
+def export_onnx(
+    model: nn.Module,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    path: Path,
+    external_data_over: int = EXTERNAL_DATA_OVER_BYTES,
+) -> None:
+    """Write ``model`` (eval mode) as ONNX with named tensors; axes declared -1 stay dynamic; run onnx.checker.
 
-    Uses the TorchScript exporter at opset 17 (no onnxscript dependency; friendly to TensorRT).
+    Example inputs come from ``model.example_inputs()`` when the module defines it (e.g. valid class
+    ids), else zeros with batch 1. Uses the TorchScript exporter at opset 17 (no onnxscript
+    dependency; friendly to TensorRT). Parameters over ``external_data_over`` bytes go to
+    ``<graph file>.data`` next to the graph (see :func:`store_external_data`).
     """
     model.eval()
-    example = tuple(torch.zeros((1, *spec.dims), dtype=torch.float32) for spec in inputs)
-    dynamic_axes = {spec.name: {0: "batch"} for spec in (*inputs, *outputs)}
+    if hasattr(model, "example_inputs"):
+        example = tuple(model.example_inputs())
+    else:
+        example = tuple(torch.zeros((1, *spec.dims), dtype=torch.float32) for spec in inputs)
+    dynamic_axes = getattr(model, "dynamic_axes", None) or {
+        spec.name: {axis: "batch" for axis, size in enumerate(spec.shape) if size == -1} for spec in (*inputs, *outputs)
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -37,19 +54,55 @@ def export_onnx(model: nn.Module, inputs: tuple[TensorSpec, ...], outputs: tuple
             dynamo=False,
         )
     pin_static_dims(path, outputs)
+    if parameter_bytes(model) > external_data_over or uses_external_data(path):
+        store_external_data(path)
     onnx.checker.check_model(str(path))
 
 
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers (what the ONNX initializers hold)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def uses_external_data(path: Path) -> bool:
+    """Whether any initializer of the graph lives outside the .onnx file."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def store_external_data(path: Path) -> None:
+    """Rewrite ``path`` with every initializer over 1 KiB in one ``<path name>.data`` file beside
+    it (the exporter itself writes one file per tensor past 2 GB); stale tensor files are removed."""
+    header = onnx.load(str(path), load_external_data=False)
+    written = {
+        entry.value
+        for t in header.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    model = onnx.load(str(path), load_external_data=True)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+        size_threshold=1024,
+    )
+    for name in written - {data.name}:
+        (path.parent / name).unlink(missing_ok=True)
+
+
 def pin_static_dims(path: Path, outputs: tuple[TensorSpec, ...]) -> None:
-    """Write the declared non-batch output dims into the graph where the exporter left them symbolic
+    """Write the declared static output dims into the graph where the exporter left them symbolic
     (sizes computed from input shapes, e.g. an upsampling back to the input size)."""
     model = onnx.load(str(path), load_external_data=False)
-    declared = {spec.name: spec.dims for spec in outputs}
+    declared = {spec.name: spec.shape for spec in outputs}
     changed = False
     for value in model.graph.output:
         dims = value.type.tensor_type.shape.dim
-        for dim, size in zip(list(dims)[1:], declared.get(value.name, ())):
-            if not dim.HasField("dim_value"):
+        for dim, size in zip(dims, declared.get(value.name, ())):
+            if size != -1 and not dim.HasField("dim_value"):
                 dim.dim_value = size
                 changed = True
     if changed:
@@ -63,7 +116,8 @@ def measure_parity(
     batch_sizes: tuple[int, ...] = (1, 2),
     seed: int = 1234,
 ) -> Parity:
-    """Max |ORT − PyTorch| over every output on fresh uniform [0, 1) random inputs.
+    """Max |ORT − PyTorch| over every output on fresh random inputs: ``model.random_inputs(rng,
+    batch)`` when the module defines it (e.g. valid class ids), else uniform [0, 1).
 
     ``relative`` divides by that output's PyTorch value range (max − min) so the figure is
     scale-free; the output with the worst relative difference is reported.
@@ -73,7 +127,10 @@ def measure_parity(
     worst = (0.0, 0.0, 0.0)  # (relative, max_abs_diff, range)
     model.eval()
     for batch in batch_sizes:
-        feeds = {s.name: rng.random((batch, *s.dims), dtype=np.float32) for s in inputs}
+        if hasattr(model, "random_inputs"):
+            feeds = dict(zip((s.name for s in inputs), model.random_inputs(rng, batch)))
+        else:
+            feeds = {s.name: rng.random((batch, *s.dims), dtype=np.float32) for s in inputs}
         with torch.no_grad():
             expected = model(*(torch.from_numpy(feeds[s.name]) for s in inputs))
         expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]

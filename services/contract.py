@@ -168,6 +168,9 @@ class Component:
     graph_file: str  # relative to the component's folder
     graph_sha256: str
     parity: Parity
+    # False: shapes are full shapes (Triton max_batch_size 0), one call per frame, never merged
+    # with other calls (SurgicalSAM's prompt stage: one embedding, K class ids).
+    batched: bool = True
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,15 @@ class ModelCard:
         if self.components:
             return {c.model: (f"{c.model}/{c.graph_file}", c.inputs) for c in self.components}
         return {self.name: (f"{self.name}/{self.graph_file}", self.inputs)}
+
+    def unbatched_graphs(self) -> frozenset[str]:
+        """Triton model names of the graphs that take whole calls, never merged into batches."""
+        return frozenset(c.model for c in self.components if not c.batched)
+
+    @property
+    def batched(self) -> bool:
+        """Whether the model itself (its Triton ensemble) has a batch axis."""
+        return all(c.batched for c in self.components)
 
     def label_by_id(self, label_id: int) -> Label:
         for label in self.labels:
@@ -293,7 +305,7 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
         components=tuple(
             Component(
                 c["role"], c["model"], _tensors(c["inputs"]), _tensors(c["outputs"]), c["graph_file"],
-                c["graph_sha256"], _parity(c["parity"]),
+                c["graph_sha256"], _parity(c["parity"]), bool(c.get("batched", True)),
             )
             for c in d.get("components", ())
         ),
