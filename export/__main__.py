@@ -15,7 +15,9 @@ def _build(args: argparse.Namespace) -> int:
 
     names = list(MODEL_SPECS) if args.model == "all" else [args.model]
     for name in names:
-        build_model_folder(get_spec(name), args.variant, args.repository, weights=args.weights)
+        build_model_folder(
+            get_spec(name), args.variant, args.repository, weights=args.weights, sam_checkpoint=args.sam_checkpoint
+        )
     return 0
 
 
@@ -42,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
     build = sub.add_parser("build", help="export a model into the Triton model repository")
     build.add_argument("--model", required=True, help="registered model name, or 'all'")
-    build.add_argument("--variant", default="small", help="network size: small | paper")
+    build.add_argument("--variant", default="small", help="network size: small | paper (SurgicalSAM also vit_b, vit_l)")
     build.add_argument("--weights", type=Path, default=None, help="weights file (default: demo weights if any)")
+    build.add_argument(
+        "--sam-checkpoint",
+        type=Path,
+        default=None,
+        help="stock Segment Anything file (sam_vit_h_4b8939.pth...) under official SurgicalSAM --weights",
+    )
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     build.set_defaults(run=_build)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from export.hashing import sha256_file
+from export.hashing import sha256_file, sha256_graph
 from export.onnx_export import export_onnx, measure_parity
-from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, WEIGHTS_DIR, ModelSpec
+from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, SAM_CHECKPOINT_MODELS, WEIGHTS_DIR, ModelSpec
 from export.triton_config import ensemble_config, graph_config, render_config
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
@@ -29,10 +29,23 @@ def _demo_weights(spec: ModelSpec, variant: str) -> Path | None:
     return WEIGHTS_DIR / name if name else None
 
 
-def resolve_weights(spec: ModelSpec, variant: str, weights: Path | None) -> tuple[Path | None, Weights]:
+def resolve_weights(
+    spec: ModelSpec, variant: str, weights: Path | None, sam_checkpoint: Path | None = None
+) -> tuple[Path | None, Weights]:
     """Which file to load and its provenance record. No file: seeded random initialisation."""
+    if sam_checkpoint is not None and (weights is None or spec.name not in SAM_CHECKPOINT_MODELS):
+        raise ValueError(
+            "--sam-checkpoint goes with --weights, for models built on Segment Anything "
+            f"({', '.join(sorted(SAM_CHECKPOINT_MODELS))})"
+        )
     if weights is not None:
-        return weights, Weights("official", weights.name, sha256_file(weights), note="supplied with --weights")
+        if sam_checkpoint is None:
+            return weights, Weights("official", weights.name, sha256_file(weights), note="supplied with --weights")
+        note = (
+            f"supplied with --weights; image encoder and dense positional encoding from --sam-checkpoint "
+            f"{sam_checkpoint.name} (sha256 {sha256_file(sam_checkpoint)})"
+        )
+        return weights, Weights("official", f"{weights.name} + {sam_checkpoint.name}", sha256_file(weights), note=note)
     demo = _demo_weights(spec, variant)
     if demo is not None:
         record_path = demo.with_suffix(".json")
@@ -62,12 +75,14 @@ def build_model_folder(
     repository: Path,
     weights: Path | None = None,
     say: Callable[[str], None] = print,
+    sam_checkpoint: Path | None = None,
 ) -> ModelCard:
     """Build ``<repository>/<spec.name>/`` from PyTorch; return the card written as medseg.json.
 
     Multi-graph models also write one folder per graph (``<name>_<role>``) and make
     ``<spec.name>/`` a Triton ensemble over them. Raises ParityError when ONNX Runtime and
-    PyTorch differ by more than 1e-4 of an output's range.
+    PyTorch differ by more than 1e-4 of an output's range. ``sam_checkpoint``: the stock SAM file
+    that official SurgicalSAM weights build on.
     """
     folder = repository / spec.name
     graphs = spec.graphs(variant)
@@ -83,9 +98,9 @@ def build_model_folder(
     step("building the network and loading weights")
     torch.manual_seed(0)
     model = MODEL_BUILDERS[spec.name](variant).eval()
-    weights_file, provenance = resolve_weights(spec, variant, weights)
+    weights_file, provenance = resolve_weights(spec, variant, weights, sam_checkpoint)
     if weights is not None and weights.suffix != ".safetensors" and spec.name in OFFICIAL_LOADERS:
-        OFFICIAL_LOADERS[spec.name](model, weights)  # the published checkpoint's format
+        OFFICIAL_LOADERS[spec.name](model, weights, sam_checkpoint)  # the published checkpoint's format
     elif weights_file is not None:
         load_weights(model, weights_file)
     inputs, outputs = spec.tensors(variant)
@@ -100,10 +115,13 @@ def build_model_folder(
             export_onnx(modules[graph.role], graph.inputs, graph.outputs, path)
             step(f"checking ONNX Runtime against PyTorch ({graph.role})")
             parity = check_parity(name, measure_parity(modules[graph.role], path, graph.inputs))
-            config = graph_config(name, graph.inputs, graph.outputs, spec.batching, VERSION)
+            config = graph_config(name, graph.inputs, graph.outputs, spec.batching, VERSION, graph.batched)
             (repository / name / "config.pbtxt").write_text(render_config(config))
             components.append(
-                Component(graph.role, name, graph.inputs, graph.outputs, f"{VERSION}/model.onnx", sha256_file(path), parity)
+                Component(
+                    graph.role, name, graph.inputs, graph.outputs, f"{VERSION}/model.onnx", sha256_graph(path), parity,
+                    graph.batched,
+                )
             )
         (folder / VERSION).mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
         parity = max((c.parity for c in components), key=lambda p: p.relative)
@@ -114,7 +132,7 @@ def build_model_folder(
         export_onnx(model, inputs, outputs, graph)
         step("checking ONNX Runtime against PyTorch")
         parity = check_parity(spec.name, measure_parity(model, graph, inputs))
-        graph_file, graph_sha256 = str(graph.relative_to(folder)), sha256_file(graph)
+        graph_file, graph_sha256 = str(graph.relative_to(folder)), sha256_graph(graph)
 
     step("writing medseg.json and config.pbtxt")
     card = ModelCard(

@@ -55,6 +55,7 @@ class GraphSpec:
     role: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    batched: bool = True  # False: full shapes, one call per frame (Triton max_batch_size 0)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,18 @@ class ModelSpec:
 def ensemble_interface(
     graphs: tuple[GraphSpec, ...], steps: tuple[EnsembleStep, ...]
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The ensemble's own inputs and outputs, typed and shaped like the graph tensors they map to."""
+    """The ensemble's own inputs and outputs, typed and shaped like the graph tensors they map to.
+
+    When a graph is unbatched, so is the ensemble: it takes one frame per call, so the batch axis
+    of the batched graphs' tensors becomes 1.
+    """
     by_role = {g.role: g for g in graphs}
+    one_frame = not all(g.batched for g in graphs)
+
+    def outer_spec(name: str, tensor: TensorSpec, graph: GraphSpec) -> TensorSpec:
+        shape = (1, *tensor.dims) if one_frame and graph.batched else tensor.shape
+        return TensorSpec(name, tensor.dtype, shape)
+
     produced: dict[str, TensorSpec] = {}
     inputs: dict[str, TensorSpec] = {}
     consumed: set[str] = set()
@@ -150,11 +161,11 @@ def ensemble_interface(
             outer = step.input_map[tensor.name]
             consumed.add(outer)
             if outer not in produced and outer not in inputs:
-                inputs[outer] = TensorSpec(outer, tensor.dtype, tensor.shape)
+                inputs[outer] = outer_spec(outer, tensor, graph)
         for tensor in graph.outputs:
             if tensor.name in step.output_map:
                 outer = step.output_map[tensor.name]
-                produced[outer] = TensorSpec(outer, tensor.dtype, tensor.shape)
+                produced[outer] = outer_spec(outer, tensor, graph)
     outputs = tuple(t for name, t in produced.items() if name not in consumed)
     return tuple(inputs.values()), outputs
 
@@ -308,7 +319,96 @@ def _mast_spec() -> ModelSpec:
     )
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (_swtr_unet_spec(), _hnf_net_spec(), _mast_spec())}
+def _surgical_sam_graphs(variant: str) -> tuple[GraphSpec, ...]:
+    from export.models.sam import EMBED_DIM
+    from export.models.surgical_sam import SURGICAL_SAM_CONFIGS
+
+    cfg = SURGICAL_SAM_CONFIGS[variant]
+    size, grid = cfg.image_size, cfg.grid
+    return (
+        GraphSpec(
+            "image_encoder",
+            (TensorSpec("image", "float32", (-1, 3, size, size)),),
+            (TensorSpec("image_embedding", "float32", (-1, EMBED_DIM, grid, grid)),),
+        ),
+        GraphSpec(
+            "prompt_decoder",
+            (
+                TensorSpec("image_embedding", "float32", (1, EMBED_DIM, grid, grid)),
+                TensorSpec("class_ids", "int64", (-1,)),
+            ),
+            (
+                TensorSpec("low_res_logits", "float32", (-1, 1, 4 * grid, 4 * grid)),
+                TensorSpec("iou", "float32", (-1, 1)),
+            ),
+            batched=False,
+        ),
+    )
+
+
+# EndoVis2018 instrument types have no SNOMED CT codes we could verify, so their type codes use a
+# private coding scheme ("99" prefix, as DICOM PS3.16 allows for local schemes).
+_PHYSICAL_OBJECT = Code("260787004", "SCT", "Physical object")
+_INSTRUMENT_COLOURS = (
+    (0, 114, 255), (255, 128, 0), (0, 200, 80), (230, 30, 200), (255, 230, 0), (0, 220, 220), (160, 90, 255),
+)
+
+
+def _surgical_sam_spec() -> ModelSpec:
+    from export.models.surgical_sam import SURGICAL_DATASETS
+
+    names = SURGICAL_DATASETS["endovis2018"].class_names
+    instruments = tuple(
+        Label(i, name.lower(), colour, _PHYSICAL_OBJECT, Code(f"ENDOVIS18-{i}", "99MEDSEG", name))
+        for i, (name, colour) in enumerate(zip(names, _INSTRUMENT_COLOURS), start=1)
+    )
+    return ModelSpec(
+        name="surgical_sam",
+        display_name="SurgicalSAM surgical instrument segmentation (endoscopic video frames, EndoVis2018 classes)",
+        task="class_prompted",
+        description=(
+            "SurgicalSAM (Yue et al., AAAI 2024): frozen SAM image encoder; for each prompted instrument "
+            "class, a prototype-based class prompt encoder (7 learnable prototypes, nt = 2 tokens per class "
+            "for EndoVis2018) feeds SAM's fine-tuned mask decoder; mask 0 and its predicted IoU per class, "
+            "masks merged in ascending predicted-IoU order. Served as two graphs: the image encoder (once "
+            "per frame) and the prompt stage (all requested classes of a frame in one call)."
+        ),
+        input_name="image",
+        output_name="low_res_logits",
+        in_channels=3,
+        activation="sigmoid",
+        intensity=MappingProxyType({"default": IntensityRule("range", high=255.0)}),
+        resize="letterbox",  # SAM: longest side to the encoder size, top-left, zero padding after normalisation
+        mean=(0.485, 0.456, 0.406),  # SAM's pixel mean/std (123.675, 116.28, 103.53)/255, (58.395, 57.12, 57.375)/255
+        std=(0.229, 0.224, 0.225),
+        labels=(Label(0, "background", (0, 0, 0), TISSUE, Code("260787004", "SCT", "Physical object")), *instruments),
+        variants=MappingProxyType(
+            {
+                "paper": Variant("paper", (1024, 1024), "SAM ViT-H encoder (1024x1024 -> 64x64), as published"),
+                "vit_l": Variant("vit_l", (1024, 1024), "SAM ViT-L encoder, same prompt stage"),
+                "vit_b": Variant("vit_b", (1024, 1024), "SAM ViT-B encoder, same prompt stage"),
+                "small": Variant(
+                    "small", (256, 256), "4-block ViT encoder at 256x256 -> 16x16, same prompt stage",
+                    "surgical_sam_small_demo.safetensors",
+                ),
+            }
+        ),
+        batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
+        graph_layout=_surgical_sam_graphs,
+        ensemble=(
+            EnsembleStep("image_encoder", {"image": "image"}, {"image_embedding": "image_embedding"}),
+            EnsembleStep(
+                "prompt_decoder",
+                {"image_embedding": "image_embedding", "class_ids": "class_ids"},
+                {"low_res_logits": "low_res_logits", "iou": "iou"},
+            ),
+        ),
+    )
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.name: spec for spec in (_swtr_unet_spec(), _hnf_net_spec(), _mast_spec(), _surgical_sam_spec())
+}
 
 
 def _build_swtr_unet(variant: str) -> nn.Module:
@@ -329,6 +429,12 @@ def _build_mast(variant: str) -> nn.Module:
     return build_mast(variant)
 
 
+def _build_surgical_sam(variant: str) -> nn.Module:
+    from export.models.surgical_sam import build_surgical_sam
+
+    return build_surgical_sam(variant, "endovis2018")
+
+
 def _mast_graph_modules(model: nn.Module) -> dict[str, nn.Module]:
     from export.models.mast import MastFrameEncoderGraph, MastPairHeadGraph
 
@@ -339,18 +445,45 @@ MODEL_BUILDERS: dict[str, Callable[[str], nn.Module]] = {
     "swtr_unet": _build_swtr_unet,
     "hnf_net": _build_hnf_net,
     "mast": _build_mast,
+    "surgical_sam": _build_surgical_sam,
 }
-def _load_official_mast(model: nn.Module, checkpoint: Path) -> nn.Module:
+def _load_official_mast(model: nn.Module, checkpoint: Path, sam_checkpoint: Path | None) -> nn.Module:
     from export.checkpoints.mast import load_official_mast
 
     return load_official_mast(model, checkpoint)  # type: ignore[arg-type]
 
 
-# Official (third-party) checkpoint formats, for `build --weights FILE.pth`; others load our own
-# state-dict format strictly (export.weights_io.load_weights).
-OFFICIAL_LOADERS: dict[str, Callable[[nn.Module, Path], nn.Module]] = {"mast": _load_official_mast}
+def _load_official_surgical_sam(model: nn.Module, checkpoint: Path, sam_checkpoint: Path | None) -> nn.Module:
+    from export.checkpoints.surgical_sam import load_official_surgical_sam
+
+    if sam_checkpoint is None:
+        raise ValueError(
+            "SurgicalSAM's official weights come in two files: pass the SAM image encoder file with "
+            "--sam-checkpoint (e.g. sam_vit_h_4b8939.pth) next to --weights model_ckp.pth"
+        )
+    return load_official_surgical_sam(model, sam_checkpoint, checkpoint)  # type: ignore[arg-type]
+
+
+# Official (third-party) checkpoint formats, for `build --weights FILE.pth` (SurgicalSAM also
+# needs `--sam-checkpoint`); others load our own state-dict format strictly
+# (export.weights_io.load_weights).
+OFFICIAL_LOADERS: dict[str, Callable[[nn.Module, Path, Path | None], nn.Module]] = {
+    "mast": _load_official_mast,
+    "surgical_sam": _load_official_surgical_sam,
+}
+# Models whose official weights include a stock Segment Anything file (`--sam-checkpoint`).
+SAM_CHECKPOINT_MODELS = frozenset({"surgical_sam"})
 # Multi-graph models: the built network → its graphs by role (see ModelSpec.graph_layout).
-MODEL_GRAPHS: dict[str, Callable[[nn.Module], dict[str, nn.Module]]] = {"mast": _mast_graph_modules}
+def _surgical_sam_graph_modules(model: nn.Module) -> dict[str, nn.Module]:
+    from export.models.surgical_sam import SamImageEncoderGraph, SurgicalSamPromptGraph
+
+    return {"image_encoder": SamImageEncoderGraph(model.image_encoder), "prompt_decoder": SurgicalSamPromptGraph(model)}
+
+
+MODEL_GRAPHS: dict[str, Callable[[nn.Module], dict[str, nn.Module]]] = {
+    "mast": _mast_graph_modules,
+    "surgical_sam": _surgical_sam_graph_modules,
+}
 
 
 def get_spec(name: str) -> ModelSpec:

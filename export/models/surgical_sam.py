@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,7 +90,11 @@ class SurgicalSamConfig:
 
 
 SURGICAL_SAM_CONFIGS: dict[str, SurgicalSamConfig] = {
-    "paper": SurgicalSamConfig(encoder="vit_h"),
+    "paper": SurgicalSamConfig(encoder="vit_h"),  # the published model
+    # The same prompt stage on the lighter SAM encoders (1024² → 64², so the prompt encoder's
+    # shapes are unchanged); SurgicalSAM weights for them must come from your own training.
+    "vit_l": SurgicalSamConfig(encoder="vit_l"),
+    "vit_b": SurgicalSamConfig(encoder="vit_b"),
     "small": SurgicalSamConfig(encoder="small"),
 }
 
@@ -204,7 +209,7 @@ def tunable_parameter_count(model: SurgicalSam) -> int:
 
 
 def build_surgical_sam(variant: str, dataset: str = "endovis2018") -> SurgicalSam:
-    """``paper`` (SAM ViT-H encoder, 1024² → 64²) or ``small`` (256² → 16²); nt from the dataset."""
+    """``paper`` (SAM ViT-H encoder, 1024² → 64²), ``vit_l``, ``vit_b`` or ``small`` (256² → 16²); nt from the dataset."""
     return SurgicalSam(SURGICAL_SAM_CONFIGS[variant], SURGICAL_DATASETS[dataset].num_tokens)
 
 
@@ -252,6 +257,12 @@ class SurgicalSamPromptGraph(nn.Module):
 
     def example_inputs(self, class_ids: tuple[int, ...] = (1, 3, 5)) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(1, EMBED_DIM, self.grid, self.grid), torch.tensor(class_ids, dtype=torch.int64)
+
+    def random_inputs(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Parity inputs: a uniform [0, 1) embedding and 2·batch + 1 distinct class ids (at most 7)."""
+        count = min(NUM_CLASSES, 2 * batch + 1)
+        ids = np.sort(rng.choice(np.arange(1, NUM_CLASSES + 1), size=count, replace=False)).astype(np.int64)
+        return rng.random((1, EMBED_DIM, self.grid, self.grid), dtype=np.float32), ids
 
     def forward(self, image_embedding: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return prompt_and_decode(self, image_embedding, class_ids)

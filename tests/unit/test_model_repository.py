@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.hashing import sha256_file
+from export.hashing import sha256_graph
 from export.repository import MAX_RELATIVE_PARITY_FP32
 from export.specs import MODEL_SPECS
 from export.triton_config import parse_config
@@ -47,6 +47,7 @@ class Graph:
     graph_file: str
     graph_sha256: str
     parity: Parity
+    batched: bool = True
 
 
 def _graphs() -> dict[str, tuple[ModelCard, Graph]]:
@@ -54,7 +55,9 @@ def _graphs() -> dict[str, tuple[ModelCard, Graph]]:
     for card in CARDS.values():
         if card.components:
             for c in card.components:
-                graphs[c.model] = (card, Graph(c.model, c.inputs, c.outputs, c.graph_file, c.graph_sha256, c.parity))
+                graphs[c.model] = (
+                    card, Graph(c.model, c.inputs, c.outputs, c.graph_file, c.graph_sha256, c.parity, c.batched)
+                )
         else:
             graphs[card.name] = (card, Graph(card.name, card.inputs, card.outputs, card.graph_file, card.graph_sha256, card.parity))
     return graphs
@@ -63,17 +66,22 @@ def _graphs() -> dict[str, tuple[ModelCard, Graph]]:
 GRAPHS = _graphs()
 
 
-def _assert_tensors_agree(config_tensors, card_tensors, graph_tensors=None) -> None:
+def _assert_tensors_agree(config_tensors, card_tensors, graph_tensors=None, batched: bool = True) -> None:
+    """Batched: config dims are the card shape without the batch axis, which the graph keeps
+    dynamic. Unbatched: config dims, card shape and graph shape are the same full shape."""
     assert [t.name for t in config_tensors] == [t.name for t in card_tensors]
     if graph_tensors is not None:
         assert [t.name for t in card_tensors] == list(graph_tensors)
     for config_tensor, card_tensor in zip(config_tensors, card_tensors):
         assert _TRITON_DTYPES[config_tensor.data_type] == card_tensor.dtype
-        assert tuple(config_tensor.dims) == card_tensor.dims
+        assert tuple(config_tensor.dims) == (card_tensor.dims if batched else card_tensor.shape)
         if graph_tensors is not None:
             dtype, dims = graph_tensors[card_tensor.name]
-            assert dtype == card_tensor.dtype and dims[1:] == card_tensor.dims
-            assert dims[0] == -1, "batch axis must be dynamic"
+            assert dtype == card_tensor.dtype
+            if batched:
+                assert dims[1:] == card_tensor.dims and dims[0] == -1, "batch axis must be dynamic"
+            else:
+                assert dims == card_tensor.shape
 
 
 @pytest.mark.parametrize("folder", sorted(GRAPHS))
@@ -82,14 +90,17 @@ def test_config_card_and_graph_agree(folder: str) -> None:
     config = parse_config((REPOSITORY / folder / "config.pbtxt").read_text())
     assert config.name == folder
     assert config.platform == "onnxruntime_onnx"
-    assert config.max_batch_size == card.batching.max_batch_size > 0
-    assert config.HasField("dynamic_batching")
+    if graph.batched:
+        assert config.max_batch_size == card.batching.max_batch_size > 0
+        assert config.HasField("dynamic_batching")
+    else:  # one call per frame (SurgicalSAM's prompt stage): Triton must not batch it
+        assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
 
     graph_path = REPOSITORY / folder / graph.graph_file
-    assert sha256_file(graph_path) == graph.graph_sha256
+    assert sha256_graph(graph_path) == graph.graph_sha256
     model = onnx.load(str(graph_path), load_external_data=False)
-    _assert_tensors_agree(config.input, graph.inputs, _graph_tensors(model.graph.input))
-    _assert_tensors_agree(config.output, graph.outputs, _graph_tensors(model.graph.output))
+    _assert_tensors_agree(config.input, graph.inputs, _graph_tensors(model.graph.input), graph.batched)
+    _assert_tensors_agree(config.output, graph.outputs, _graph_tensors(model.graph.output), graph.batched)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in CARDS.items() if c.components))
@@ -98,8 +109,9 @@ def test_ensemble_config_chains_its_components(name: str) -> None:
     config = parse_config((REPOSITORY / name / "config.pbtxt").read_text())
     assert config.name == name and config.platform == "ensemble"
     assert (REPOSITORY / name / card.version).is_dir()
-    _assert_tensors_agree(config.input, card.inputs)
-    _assert_tensors_agree(config.output, card.outputs)
+    assert config.max_batch_size == (card.batching.max_batch_size if card.batched else 0)
+    _assert_tensors_agree(config.input, card.inputs, batched=card.batched)
+    _assert_tensors_agree(config.output, card.outputs, batched=card.batched)
     components = {c.model: c for c in card.components}
     available = {t.name for t in card.inputs}
     for step in config.ensemble_scheduling.step:

@@ -20,7 +20,9 @@ def test_labels_are_unique_sorted_and_coded(spec) -> None:
     assert len({label.name for label in spec.labels}) == len(spec.labels)
     for label in spec.labels:
         for code in (label.category, label.type):
-            assert code.value.isdigit() and code.scheme == "SCT" and code.meaning
+            # SNOMED CT, or a local scheme ("99" prefix, DICOM PS3.16 8.2) where SNOMED has no concept
+            assert (code.value.isdigit() and code.scheme == "SCT") or code.scheme.startswith("99")
+            assert code.meaning and len(code.value) <= 16  # DICOM SH
         assert all(0 <= c <= 255 for c in label.color)
 
 
@@ -29,9 +31,13 @@ def test_variants_have_paper_and_small_and_tensors(spec) -> None:
     assert {"paper", "small"} <= set(spec.variants)
     for name, variant in spec.variants.items():
         inputs, outputs = spec.tensors(name)
-        assert inputs[0].shape[0] == -1 and outputs[0].shape[0] == -1
+        batched = all(graph.batched for graph in spec.graphs(name))
+        assert inputs[0].shape[0] == (-1 if batched else 1) and outputs[0].shape[0] == -1
         assert inputs[0].shape[2:] == variant.input_size
-        assert outputs[0].shape[1] == (len(spec.regions) if spec.regions else len(spec.labels))
+        if spec.task == "class_prompted":  # one mask per prompted class (axis 0), one class id per prompt
+            assert outputs[0].shape[1] == 1 and inputs[1].dtype == "int64" and inputs[1].shape == (-1,)
+        else:
+            assert outputs[0].shape[1] == (len(spec.regions) if spec.regions else len(spec.labels))
         assert spec.preprocessing(name).size == variant.input_size
         assert "default" in spec.preprocessing(name).intensity
         if variant.demo_weights:

@@ -9,6 +9,7 @@ facebookresearch/segment-anything (see test_sam.py).
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -225,3 +226,64 @@ def test_serving_graphs_export_and_match_onnxruntime(small_model: SurgicalSam, t
         assert got_logits.shape == (len(classes), 1, 64, 64) and got_iou.shape == (len(classes), 1)
         _assert_close(logits, got_logits)
         assert np.abs(iou.numpy() - got_iou).max() <= 1e-4 * (logits.max() - logits.min()).item()
+
+
+def test_cli_builds_the_official_pair_with_its_provenance(small_model: SurgicalSam, tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    sam_path, surgical_path, _, _ = _official_files(small_model, tmp_path)
+    repository = tmp_path / "repository"
+    argv = ["build", "--model", "surgical_sam", "--variant", "small", "--weights", str(surgical_path)]
+    assert main([*argv, "--sam-checkpoint", str(sam_path), "--repository", str(repository)]) == 0
+    card = json.loads((repository / "surgical_sam" / "medseg.json").read_text())
+    assert card["weights"]["kind"] == "official" and card["weights"]["source"] == "model_ckp.pth + sam.pth"
+    assert "sam.pth (sha256 " in card["weights"]["note"]
+    assert {c["model"]: c["batched"] for c in card["components"]} == {
+        "surgical_sam_image_encoder": True,
+        "surgical_sam_prompt_decoder": False,
+    }
+    assert all(c["parity"]["relative"] <= 1e-4 for c in card["components"])
+    # the served graphs carry the imported weights: the encoder equals the source model's
+    session = ort.InferenceSession(str(repository / "surgical_sam_image_encoder" / "1" / "model.onnx"))
+    image = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = small_model.image_encoder(image).numpy()
+    (got,) = session.run(None, {"image": image.numpy()})
+    assert np.abs(got - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+
+def test_cli_wants_the_sam_file_with_official_surgical_sam_weights(small_model: SurgicalSam, tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    _, surgical_path, _, _ = _official_files(small_model, tmp_path)
+    with pytest.raises(ValueError, match="--sam-checkpoint"):
+        main(["build", "--model", "surgical_sam", "--weights", str(surgical_path), "--repository", str(tmp_path / "r")])
+
+
+def test_cli_refuses_a_sam_file_for_models_without_sam(small_model: SurgicalSam, tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    sam_path, _, _, _ = _official_files(small_model, tmp_path)
+    argv = ["build", "--model", "mast", "--sam-checkpoint", str(sam_path), "--repository", str(tmp_path / "r")]
+    with pytest.raises(ValueError, match="--sam-checkpoint goes with --weights"):
+        main(argv)
+
+
+def test_large_graphs_are_written_with_one_external_data_file(small_model: SurgicalSam, tmp_path: Path) -> None:
+    """ViT-L/H encoders exceed the 1 GiB limit; a zero limit runs the same path on the small one."""
+    from export.hashing import sha256_graph
+    from export.onnx_export import export_onnx, measure_parity
+    from export.specs import get_spec
+
+    encoder_spec = get_spec("surgical_sam").graphs("small")[0]
+    graph = SamImageEncoderGraph(small_model.image_encoder).eval()
+    path = tmp_path / "1" / "model.onnx"
+    export_onnx(graph, encoder_spec.inputs, encoder_spec.outputs, path, external_data_over=0)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert path.stat().st_size < 300_000 < (path.parent / "model.onnx.data").stat().st_size
+    assert measure_parity(graph, path, encoder_spec.inputs).relative <= 1e-4
+    before = sha256_graph(path)
+    with (path.parent / "model.onnx.data").open("r+b") as data:  # the digest covers the weights too
+        data.seek(4096)
+        data.write(b"\x00\x01\x02\x03")
+    assert sha256_graph(path) != before
