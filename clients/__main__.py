@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     segment.add_argument("--output", choices=["png", "json", "overlay"], default="png")
     segment.add_argument("-o", "--out", type=Path, help="where to write the PNG (png/overlay)")
     segment.add_argument("--reference", type=Path, help="frame-pair models: the reference frame")
-    segment.add_argument("--threshold", type=float, help="frame-pair models: sigmoid threshold (0-1)")
+    segment.add_argument("--threshold", type=float, help="sigmoid models: threshold (0-1)")
+    segment.add_argument("--classes", help="class-prompted models: ids or names to prompt, comma-separated (default: all)")
     volume = sub.add_parser("volume", help="segment NIfTI volumes: NAME=FILE per channel, or file=FILE (4-D)")
     volume.add_argument("channels", nargs="+", help="e.g. t1=a.nii.gz t1ce=b.nii.gz t2=c.nii.gz flair=d.nii.gz")
     volume.add_argument("--model", required=True)
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                 channels = dict(item.split("=", 1) for item in args.channels)
                 result = client.segment_volume({k: Path(v) for k, v in channels.items()}, args.model, args.output)
             else:
-                result = client.segment(args.file, args.model, args.output, args.reference, args.threshold)
+                result = client.segment(
+                    args.file, args.model, args.output, args.reference, args.threshold,
+                    args.classes.split(",") if args.classes else None,
+                )
         except MedsegHTTPError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

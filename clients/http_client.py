@@ -57,25 +57,35 @@ class MedsegClient:
         filename: str = "upload",
         reference: bytes | None = None,
         threshold: float | None = None,
+        classes: list[int | str] | None = None,
     ) -> httpx.Response:
         """POST /v1/segment with raw file bytes (frame-pair models: optional ``reference`` frame
-        bytes and sigmoid ``threshold``); raises MedsegHTTPError on an error answer."""
+        bytes; class-prompted models: optional ``classes``, ids or names; both: sigmoid
+        ``threshold``); raises MedsegHTTPError on an error answer."""
         files = {"file": (filename, data, "application/octet-stream")}
         if reference is not None:
             files["reference"] = ("reference", reference, "application/octet-stream")
         fields = {"model": model, "output": output}
         if threshold is not None:
             fields["threshold"] = str(threshold)
+        if classes is not None:
+            fields["classes"] = ",".join(str(c) for c in classes)
         response = self._http.post("/v1/segment", files=files, data=fields)
         _raise_for_error(response)
         return response
 
     def segment(
-        self, path: Path, model: str, output: str = "png", reference: Path | None = None, threshold: float | None = None
+        self,
+        path: Path,
+        model: str,
+        output: str = "png",
+        reference: Path | None = None,
+        threshold: float | None = None,
+        classes: list[int | str] | None = None,
     ) -> bytes | dict[str, Any]:
         """Segment a DICOM / PNG / JPEG file: PNG bytes for png/overlay, a dict for json."""
         reference_data = reference.read_bytes() if reference is not None else None
-        response = self.segment_bytes(path.read_bytes(), model, output, path.name, reference_data, threshold)
+        response = self.segment_bytes(path.read_bytes(), model, output, path.name, reference_data, threshold, classes)
         return response.json() if output == "json" else response.content
 
     def segment_volume(self, channels: dict[str, Path], model: str, output: str = "nifti") -> bytes | dict[str, Any]:

@@ -13,6 +13,7 @@ from services.codecs import decode
 from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
+from services.pipelines.class_prompted import ClassMasks, parse_classes, promptable_classes, prompt_frames
 from services.pipelines.ensemble import GraphRunner
 from services.pipelines.frame_pair import check_threshold, pair_labels, prepare_rgb_frames
 from services.pipelines.image2d import SliceRunner, labels_from_logits, prepare_frames
@@ -28,6 +29,7 @@ class Segmentation:
     labels: np.ndarray  # (frames, rows, cols) uint8, the source pixel grid
     card: ModelCard
     details: dict[str, Any] = field(default_factory=dict)  # task-specific facts reported in json/headers
+    extras: dict[str, Any] = field(default_factory=dict)  # task-specific json-only entries (per-class masks)
 
 
 def check_output_kind(output: str) -> str:
@@ -50,12 +52,21 @@ async def segment_upload(
     max_batch: int,
     reference: bytes | None = None,
     threshold: float | None = None,
+    classes: str | None = None,
 ) -> Segmentation:
-    """POST /v1/segment for any 2-D task kind: plain slices, or frames against a reference."""
+    """POST /v1/segment for any 2-D task kind: plain slices, frames against a reference, or
+    frames with class prompts."""
+    if classes is not None and card.task != "class_prompted":
+        raise BadInput(f"'classes' applies to class-prompted models; {card.name!r} is {card.task}")
+    if reference is not None and card.task != "frame_pair":
+        raise BadInput(f"'reference' applies to frame-pair models; {card.name!r} is {card.task}")
     if card.task == "frame_pair":
         return await segment_frame_pair(data, reference, card, run_graph, check_threshold(threshold, card.threshold))
-    if reference is not None or threshold is not None:
-        raise BadInput(f"'reference' and 'threshold' apply to frame-pair models; {card.name!r} is {card.task}")
+    if card.task == "class_prompted":
+        chosen = parse_classes(classes, card)
+        return await segment_class_prompted(data, chosen, card, run_graph, check_threshold(threshold, card.threshold))
+    if threshold is not None:
+        raise BadInput(f"'threshold' applies to sigmoid models; {card.name!r} is {card.task}")
 
     async def run(tensors: np.ndarray) -> np.ndarray:
         outputs = await run_graph(card.name, {card.inputs[0].name: tensors})
@@ -77,6 +88,44 @@ async def segment_frame_pair(
     labels = await pair_labels(anchors, prepared_reference, card, run_graph, threshold)
     details = {"threshold": threshold, "reference": "provided" if reference is not None else "self"}
     return Segmentation(image, labels, card, details)
+
+
+async def segment_class_prompted(
+    data: bytes, classes: tuple[int, ...] | None, card: ModelCard, run_graph: GraphRunner, threshold: float
+) -> Segmentation:
+    """Every frame of the upload with the requested classes prompted (all of them when ``classes``
+    is None); per-class masks and predicted IoU go to the json output."""
+    image = await anyio.to_thread.run_sync(decode, data)
+    frames = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+    class_ids = classes or promptable_classes(card)
+    results = await prompt_frames(frames, class_ids, card, run_graph, threshold)
+    details = {
+        "prompting": "requested" if classes else "all",
+        "classes": ",".join(str(i) for i in class_ids),
+        "threshold": threshold,
+    }
+    extras = {"class_masks": class_masks_json(results, card)}
+    return Segmentation(image, np.stack([r.labels for r in results]), card, details, extras)
+
+
+def class_masks_json(results: list[ClassMasks], card: ModelCard) -> list[dict[str, Any]]:
+    """Per frame and prompted class: id, name, predicted IoU, pixel count and the class's own
+    mask (before the merge) as RLE."""
+    entries = []
+    for frame, result in enumerate(results):
+        for k, class_id in enumerate(result.class_ids):
+            mask = result.masks[k]
+            entries.append(
+                {
+                    "frame": frame,
+                    "id": class_id,
+                    "name": card.label_by_id(class_id).name,
+                    "predicted_iou": round(float(result.predicted_iou[k]), 4),
+                    "pixels": int(mask.sum()),
+                    "rle": {"size": list(mask.shape), "order": "C", "counts": rle_encode(mask)},
+                }
+            )
+    return entries
 
 
 async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batch: int) -> Segmentation:
@@ -120,6 +169,7 @@ def segmentation_json(seg: Segmentation) -> dict[str, Any]:
         },
         **seg.details,
         "labels": labels,
+        **seg.extras,
     }
 
 

@@ -56,29 +56,35 @@ def make_backend() -> InferenceBackend:
     raise NotImplementedError("MEDSEG_BACKEND=triton is not available yet")
 
 
-Tensor = Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+Tensor = Annotated[np.ndarray, TensorSchema("numpy-array")]  # any dtype: float32 images, int64 class ids
 
 
 class GraphJob(BaseModel):
-    """One batch row for one graph (a Triton model name): its inputs by tensor name, without the
-    batch axis: a (channels, rows, cols) slice, a (channels, X, Y, Z) patch, feature maps..."""
+    """One job for one graph (a Triton model name), its inputs by tensor name. Batched graphs: one
+    batch row without the batch axis (a (channels, rows, cols) slice, a (channels, X, Y, Z) patch,
+    feature maps...). Unbatched graphs (``batched`` False): the whole call, full shapes."""
 
     model: str
     inputs: dict[str, Tensor]
+    batched: bool = True
 
 
 class GraphResult(BaseModel):
-    """The outputs of one job by tensor name, without the batch axis."""
+    """The outputs of one job by tensor name (without the batch axis for a batched graph)."""
 
     outputs: dict[str, Tensor]
 
 
 async def run_jobs(backend: InferenceBackend, jobs: list[GraphJob]) -> list[GraphResult]:
-    """Run a merged batch: one backend call per graph, results back in job order."""
+    """Run a merged batch: one backend call per batched graph, one per unbatched job; results
+    back in job order."""
     by_model: dict[str, list[int]] = defaultdict(list)
-    for index, job in enumerate(jobs):
-        by_model[job.model].append(index)
     results: list[GraphResult | None] = [None] * len(jobs)
+    for index, job in enumerate(jobs):
+        if job.batched:
+            by_model[job.model].append(index)
+        else:
+            results[index] = GraphResult(outputs=await backend.infer(job.model, job.inputs))
     for model, indices in by_model.items():
         names = jobs[indices[0]].inputs.keys()
         batch = {name: np.stack([jobs[i].inputs[name] for i in indices]) for name in names}
@@ -200,6 +206,7 @@ class Segmenter:
 
     def __init__(self) -> None:
         self.cards = discover_cards(SETTINGS.repository)
+        self.unbatched_graphs = frozenset().union(*(card.unbatched_graphs() for card in self.cards.values()))
         log.info("serving %s from %s", ", ".join(self.cards) or "no model", SETTINGS.repository)
 
     def __is_ready__(self) -> bool:
@@ -213,7 +220,12 @@ class Segmenter:
         return self.cards[model]
 
     async def run_graph(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Batched inputs of one graph → its batched outputs, one job per row (the worker re-batches)."""
+        """Batched inputs of one graph → its batched outputs, one job per row (the worker re-batches);
+        an unbatched graph gets the whole call as one job."""
+        if model in self.unbatched_graphs:
+            job = GraphJob(model=model, inputs=inputs, batched=False)
+            (result,) = await call_worker(lambda: self.inference.to_async.infer_graph([job]))
+            return dict(result.outputs)
         rows = len(next(iter(inputs.values())))
         jobs = [GraphJob(model=model, inputs={k: v[i] for k, v in inputs.items()}) for i in range(rows)]
         results = await call_worker(lambda: self.inference.to_async.infer_graph(jobs))
@@ -233,10 +245,12 @@ class Segmenter:
         output: str = "png",
         reference: list[Path] = [],  # noqa: B006 - BentoML takes an optional file field as a list (0 or 1 file)
         threshold: Optional[float] = None,  # noqa: UP007 - BentoML's form parsing needs the typing form
+        classes: Optional[str] = None,  # noqa: UP007
     ):
         """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay.
 
-        Frame-pair models (MAST) take an optional ``reference`` frame and sigmoid ``threshold``.
+        Frame-pair models (MAST) take an optional ``reference`` frame and sigmoid ``threshold``;
+        class-prompted models (SurgicalSAM) an optional ``classes`` list ("1,4" or names) and ``threshold``.
         """
         card = self.card(model)
         check_output_kind(output)
@@ -246,7 +260,9 @@ class Segmenter:
         if len(reference) > 1:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None
-        seg = await segment_upload(data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold)
+        seg = await segment_upload(
+            data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold, classes
+        )
         if output == "json":
             return JSONResponse(segmentation_json(seg), headers=frame_headers(seg))
         body = segmentation_png(seg) if output == "png" else segmentation_overlay(seg)
