@@ -12,7 +12,7 @@ import torch
 from export.hashing import sha256_file, sha256_graph
 from export.onnx_export import export_onnx, measure_parity
 from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, SAM_CHECKPOINT_MODELS, WEIGHTS_DIR, ModelSpec
-from export.triton_config import ensemble_config, graph_config, render_config
+from export.triton_config import TARGETS, ensemble_config, graph_config, model_config, render_config
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
 
@@ -69,6 +69,19 @@ def check_parity(name: str, parity: Parity) -> Parity:
     return parity
 
 
+PYTHON_MODEL = Path(__file__).resolve().parent / "triton_python_model.py"
+
+
+def write_triton_files(folder: Path, config: object, target: str) -> None:
+    """config.pbtxt of one graph folder, plus ``<version>/model.py`` for the python backend (cpu)."""
+    (folder / "config.pbtxt").write_text(render_config(config))  # type: ignore[arg-type]
+    script = folder / VERSION / "model.py"
+    if target == "cpu":
+        script.write_text(PYTHON_MODEL.read_text())
+    else:
+        script.unlink(missing_ok=True)
+
+
 def build_model_folder(
     spec: ModelSpec,
     variant: str,
@@ -76,14 +89,19 @@ def build_model_folder(
     weights: Path | None = None,
     say: Callable[[str], None] = print,
     sam_checkpoint: Path | None = None,
+    target: str = "cpu",
 ) -> ModelCard:
     """Build ``<repository>/<spec.name>/`` from PyTorch; return the card written as medseg.json.
 
     Multi-graph models also write one folder per graph (``<name>_<role>``) and make
     ``<spec.name>/`` a Triton ensemble over them. Raises ParityError when ONNX Runtime and
     PyTorch differ by more than 1e-4 of an output's range. ``sam_checkpoint``: the stock SAM file
-    that official SurgicalSAM weights build on.
+    that official SurgicalSAM weights build on. ``target``: the Triton deployment the configs are
+    written for, ``cpu`` (python backend + ``model.py`` running ONNX Runtime, what runs here) or
+    ``gpu`` (ONNX Runtime platform with TensorRT FP16, GPU instances); see export.triton_config.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
     folder = repository / spec.name
     graphs = spec.graphs(variant)
     steps = 2 + 2 * max(1, len(graphs))
@@ -115,8 +133,8 @@ def build_model_folder(
             export_onnx(modules[graph.role], graph.inputs, graph.outputs, path)
             step(f"checking ONNX Runtime against PyTorch ({graph.role})")
             parity = check_parity(name, measure_parity(modules[graph.role], path, graph.inputs))
-            config = graph_config(name, graph.inputs, graph.outputs, spec.batching, VERSION, graph.batched)
-            (repository / name / "config.pbtxt").write_text(render_config(config))
+            config = graph_config(name, graph.inputs, graph.outputs, spec.batching, VERSION, graph.batched, target)
+            write_triton_files(repository / name, config, target)
             components.append(
                 Component(
                     graph.role, name, graph.inputs, graph.outputs, f"{VERSION}/model.onnx", sha256_graph(path), parity,
@@ -158,12 +176,13 @@ def build_model_folder(
         channel_names=spec.channel_names,
         components=tuple(components),
         ensemble=spec.ensemble,
+        triton_target=target,
     )
     if components:
         wiring = [(spec.graph_model(s.role), s.input_map, s.output_map) for s in spec.ensemble]
         (folder / "config.pbtxt").write_text(render_config(ensemble_config(card, wiring)))
     else:
-        (folder / "config.pbtxt").write_text(render_config(card))
+        write_triton_files(folder, model_config(card, target), target)
     (folder / CARD_FILE).write_text(card.to_json())
     say(
         f"[{spec.name}/{variant}] done in {time.perf_counter() - started:.1f}s: weights={provenance.kind}, "

@@ -18,9 +18,14 @@ def _tensor(spec: TensorSpec, message: type, batched: bool = True) -> object:
     return message(name=spec.name, data_type=_TRITON_DTYPES[spec.dtype], dims=list(dims))
 
 
-def model_config(card: ModelCard) -> mc.ModelConfig:
+TARGETS = ("cpu", "gpu")
+TRT_WORKSPACE_BYTES = 4 << 30
+WARMUP_CLASS_COUNT = 7  # dynamic non-batch axes (SurgicalSAM's class ids) are warmed up at this size
+
+
+def model_config(card: ModelCard, target: str = "cpu") -> mc.ModelConfig:
     """The config of a single-graph model folder."""
-    return graph_config(card.name, card.inputs, card.outputs, card.batching, card.version)
+    return graph_config(card.name, card.inputs, card.outputs, card.batching, card.version, target=target)
 
 
 def graph_config(
@@ -30,22 +35,62 @@ def graph_config(
     batching: Batching,
     version: str,
     batched: bool = True,
+    target: str = "cpu",
 ) -> mc.ModelConfig:
-    """ONNX Runtime platform. Batched graphs: batch axis implicit (max_batch_size > 0) and dynamic
-    batching; unbatched graphs: max_batch_size 0, full shapes, one request per execution."""
+    """One ONNX graph as a Triton model.
+
+    ``cpu``: Triton's python backend running ``model.py`` (ONNX Runtime on CPU), one instance.
+    ``gpu``: the ``onnxruntime_onnx`` platform with the TensorRT execution accelerator in FP16
+    (engine cache on), one GPU instance, warm-up requests at batch 1 and the largest batch.
+    Batched graphs: batch axis implicit (max_batch_size > 0) and dynamic batching with the
+    preferred sizes; unbatched graphs: max_batch_size 0, full shapes, one request per execution.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
     config = mc.ModelConfig(
         name=name,
-        platform="onnxruntime_onnx",
         max_batch_size=batching.max_batch_size if batched else 0,
         input=[_tensor(s, mc.ModelInput, batched) for s in inputs],
         output=[_tensor(s, mc.ModelOutput, batched) for s in outputs],
-        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
         version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[int(version)])),
     )
     if batched:
         config.dynamic_batching.CopyFrom(
             mc.ModelDynamicBatching(
                 preferred_batch_size=list(batching.preferred_batch_sizes), max_queue_delay_microseconds=5000
+            )
+        )
+    if target == "cpu":
+        config.backend = "python"
+        config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+        config.parameters["graph"].string_value = "model.onnx"
+        config.parameters["intra_op_threads"].string_value = "0"
+        return config
+    config.platform = "onnxruntime_onnx"
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    tensorrt.parameters.update(
+        {
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+            "trt_engine_cache_enable": "true",
+            "trt_engine_cache_path": f"/tmp/medseg_trt_cache/{name}",
+        }
+    )
+    sizes = sorted({1, batching.max_batch_size}) if batched else [1]
+    for size in sizes:
+        config.model_warmup.append(
+            mc.ModelWarmup(
+                name=f"zeros_batch_{size}",
+                batch_size=size,
+                inputs={
+                    s.name: mc.ModelWarmup.Input(
+                        data_type=_TRITON_DTYPES[s.dtype],
+                        dims=[WARMUP_CLASS_COUNT if d == -1 else d for d in (s.dims if batched else s.shape)],
+                        zero_data=True,
+                    )
+                    for s in inputs
+                },
             )
         )
     return config
@@ -73,9 +118,9 @@ def ensemble_config(card: ModelCard, steps: list[Step]) -> mc.ModelConfig:
     )
 
 
-def render_config(config: ModelCard | mc.ModelConfig) -> str:
+def render_config(config: ModelCard | mc.ModelConfig, target: str = "cpu") -> str:
     """The config.pbtxt text of a card (single-graph model) or of a ready ModelConfig."""
-    message = model_config(config) if isinstance(config, ModelCard) else config
+    message = model_config(config, target) if isinstance(config, ModelCard) else config
     return text_format.MessageToString(message)
 
 

@@ -210,6 +210,7 @@ class ModelCard:
     ensemble: tuple[EnsembleStep, ...] = ()  # how the components chain, in order
     sliding_window: SlidingWindow | None = None  # volume3d inference
     threshold: float = 0.5  # on sigmoid probabilities
+    triton_target: str = "cpu"  # the config.pbtxt files: "cpu" python backend, "gpu" ORT + TensorRT
     schema_version: int = SCHEMA_VERSION
 
     def component(self, role: Role) -> Component:
@@ -310,6 +311,7 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
             for c in d.get("components", ())
         ),
         ensemble=tuple(EnsembleStep(e["role"], dict(e["input_map"]), dict(e["output_map"])) for e in d.get("ensemble", ())),
+        triton_target=d.get("triton_target", "cpu"),
     )
 
 

@@ -89,7 +89,12 @@ def test_config_card_and_graph_agree(folder: str) -> None:
     card, graph = GRAPHS[folder]
     config = parse_config((REPOSITORY / folder / "config.pbtxt").read_text())
     assert config.name == folder
-    assert config.platform == "onnxruntime_onnx"
+    if card.triton_target == "cpu":  # python backend running the graph with ONNX Runtime (model.py)
+        assert config.backend == "python" and not config.platform
+        assert (REPOSITORY / folder / card.version / "model.py").is_file()
+        assert config.parameters["graph"].string_value == Path(graph.graph_file).name
+    else:
+        assert config.platform == "onnxruntime_onnx"
     if graph.batched:
         assert config.max_batch_size == card.batching.max_batch_size > 0
         assert config.HasField("dynamic_batching")

@@ -1,0 +1,133 @@
+"""Triton python-backend model that serves one ONNX graph with ONNX Runtime (``--target cpu``).
+
+Copied as ``<model>/<version>/model.py`` next to ``model.onnx``. Triton's ``onnxruntime_onnx``
+backend is not in the tritonserver build that runs here (the one in the nvidia-pytriton wheel),
+so CPU deployments run the same graph through this file:
+
+- ``initialize`` opens the ONNX Runtime session once and checks that the config's tensors (names,
+  types, shapes) are the graph's; a mismatch fails the model load with a message naming the tensor.
+- ``execute`` receives what the dynamic batcher gathered: batched models run all valid requests
+  as one concatenated batch and split the outputs back; a request with non-finite values gets its
+  own INVALID_ARG error, and if the merged run fails each request is retried alone, so one bad
+  request never fails the others. Unbatched models (``max_batch_size: 0``) run request by request.
+
+Parameters (config ``parameters``): ``graph`` (file name, default ``model.onnx``),
+``intra_op_threads`` (ONNX Runtime threads, 0 = its default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+_ORT_TYPES = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(uint8)": "TYPE_UINT8",
+}
+
+
+def _parameter(config: dict[str, Any], key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def config_mismatches(config: dict[str, Any], session: ort.InferenceSession) -> list[str]:
+    """Differences between the config's tensors and the graph's (empty when they agree).
+
+    A batched config's dims exclude the batch axis; symbolic graph dims match any config dim.
+    """
+    batched = int(config.get("max_batch_size", 0)) > 0
+    problems = []
+    for kind, configured, actual in (
+        ("input", config.get("input", []), session.get_inputs()),
+        ("output", config.get("output", []), session.get_outputs()),
+    ):
+        graph = {t.name: t for t in actual}
+        if sorted(graph) != sorted(t["name"] for t in configured):
+            problems.append(f"{kind}s: config {[t['name'] for t in configured]}, graph {sorted(graph)}")
+            continue
+        for tensor in configured:
+            node = graph[tensor["name"]]
+            if _ORT_TYPES.get(node.type) != tensor["data_type"]:
+                problems.append(f"{kind} {tensor['name']}: config {tensor['data_type']}, graph {node.type}")
+            shape = list(node.shape[1:] if batched else node.shape)
+            dims = [int(d) for d in tensor["dims"]]
+            if len(shape) != len(dims) or any(isinstance(s, int) and s != d for s, d in zip(shape, dims)):
+                problems.append(f"{kind} {tensor['name']}: config dims {dims}, graph shape {list(node.shape)}")
+    return problems
+
+
+class TritonPythonModel:
+    """One ONNX Runtime session per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(_parameter(config, "intra_op_threads", "0"))
+        if threads:
+            options.intra_op_num_threads = threads
+        graph = folder / _parameter(config, "graph", "model.onnx")
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        problems = config_mismatches(config, self.session)
+        if problems:
+            raise pb_utils.TritonModelException(f"{config['name']}: config and graph disagree: " + "; ".join(problems))
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.input_names = [t["name"] for t in config["input"]]
+        self.output_names = [t["name"] for t in config["output"]]
+
+    def _inputs(self, request: Any) -> dict[str, np.ndarray]:
+        return {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+
+    def _response(self, outputs: list[np.ndarray]) -> Any:
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(a)) for name, a in zip(self.output_names, outputs)]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    @staticmethod
+    def _error(message: str, code: Any) -> Any:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+    def _run_one(self, feeds: dict[str, np.ndarray]) -> Any:
+        try:
+            return self._response(self.session.run(self.output_names, feeds))
+        except Exception as error:  # noqa: BLE001 - reported to that request only
+            return self._error(f"inference failed: {type(error).__name__}: {str(error)[:200]}", pb_utils.TritonError.INTERNAL)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        valid: list[tuple[int, dict[str, np.ndarray]]] = []
+        for index, request in enumerate(requests):
+            feeds = self._inputs(request)
+            bad = [n for n, a in feeds.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+            if bad:
+                responses[index] = self._error(f"input {bad[0]} has NaN or infinite values", pb_utils.TritonError.INVALID_ARG)
+            else:
+                valid.append((index, feeds))
+        if not self.batched or len(valid) == 1:
+            for index, feeds in valid:
+                responses[index] = self._run_one(feeds)
+            return responses
+        if valid:
+            merged = {n: np.concatenate([feeds[n] for _, feeds in valid]) for n in self.input_names}
+            try:
+                outputs = self.session.run(self.output_names, merged)
+            except Exception:  # noqa: BLE001 - find the request at fault: run each alone
+                for index, feeds in valid:
+                    responses[index] = self._run_one(feeds)
+                return responses
+            start = 0
+            for index, feeds in valid:
+                rows = len(feeds[self.input_names[0]])
+                responses[index] = self._response([o[start : start + rows] for o in outputs])
+                start += rows
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
