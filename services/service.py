@@ -11,11 +11,12 @@ import logging
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Union
 
 import anyio
 import bentoml
 import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -29,7 +30,7 @@ from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, ModelNotFound, UnsupportedMediaType
 from services.responses import typed_errors
-from services.runtime import InferenceBackend
+from services.runtime import BackendDown, InferenceBackend
 from services.segment import (
     check_output_kind,
     frame_headers,
@@ -53,7 +54,9 @@ def make_backend() -> InferenceBackend:
         from services.runtime.ort_backend import OrtBackend
 
         return OrtBackend(SETTINGS.repository, SETTINGS.ort_threads)
-    raise NotImplementedError("MEDSEG_BACKEND=triton is not available yet")
+    from services.runtime.triton_backend import TritonBackend
+
+    return TritonBackend(SETTINGS.repository, list(SETTINGS.triton_urls), SETTINGS.triton_timeout_s)
 
 
 Tensor = Annotated[np.ndarray, TensorSchema("numpy-array")]  # any dtype: float32 images, int64 class ids
@@ -101,12 +104,22 @@ class InferenceWorker:
     def __init__(self) -> None:
         self.backend = make_backend()
 
+    @bentoml.on_startup
+    async def start_backend(self) -> None:
+        """Triton: probe the servers now and keep probing (readiness follows their models)."""
+        start = getattr(self.backend, "start", None)
+        if start is not None:
+            await start()
+
     def __is_ready__(self) -> bool:
         return self.backend.is_ready()
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     async def infer_graph(self, jobs: list[GraphJob]) -> list[GraphResult]:
-        return await run_jobs(self.backend, jobs)
+        try:
+            return await run_jobs(self.backend, jobs)
+        except BackendDown as error:  # the API answers 503 with Retry-After
+            raise ServiceUnavailable(str(error)) from None
 
 
 def model_listing(cards: dict[str, ModelCard]) -> dict[str, Any]:
@@ -245,7 +258,7 @@ class Segmenter:
         output: str = "png",
         reference: list[Path] = [],  # noqa: B006 - BentoML takes an optional file field as a list (0 or 1 file)
         threshold: Optional[float] = None,  # noqa: UP007 - BentoML's form parsing needs the typing form
-        classes: Optional[str] = None,  # noqa: UP007
+        classes: Optional[Union[int, str]] = None,  # noqa: UP007 - a lone "3" arrives parsed as a number
     ):
         """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay.
 
@@ -261,7 +274,8 @@ class Segmenter:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None
         seg = await segment_upload(
-            data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold, classes
+            data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold,
+            None if classes is None else str(classes),
         )
         if output == "json":
             return JSONResponse(segmentation_json(seg), headers=frame_headers(seg))

@@ -19,6 +19,8 @@ class Settings:
     max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: adaptive batching, slices per batch
     max_latency_ms: int  # MEDSEG_MAX_LATENCY_MS: adaptive batching, latency budget per batch
     request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
+    triton_urls: tuple[str, ...] = ()  # TRITON_URLS: comma-separated host:grpc_port of the Triton servers
+    triton_timeout_s: float = 60.0  # MEDSEG_TRITON_TIMEOUT_S: per inference call, end to end
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -35,4 +37,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
         max_latency_ms=int(env.get("MEDSEG_MAX_LATENCY_MS", "20000")),
         request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
+        triton_urls=tuple(u.strip() for u in env.get("TRITON_URLS", "127.0.0.1:8001").split(",") if u.strip()),
+        triton_timeout_s=float(env.get("MEDSEG_TRITON_TIMEOUT_S", "60")),
     )

@@ -2,7 +2,8 @@
 
 BentoML's client reuses keep-alive connections; one the worker is closing at that moment fails
 with a connection reset before the request is read. Inference is idempotent, so the call is
-retried on a fresh connection; a worker that stays unreachable is a 503 with Retry-After.
+retried on a fresh connection; a worker that stays unreachable, or that reports its backend
+down (503 from the worker), is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
+from bentoml.exceptions import ServiceUnavailable
 
 from services.errors import BackendUnavailable
 
@@ -28,4 +30,6 @@ async def call_worker(call: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS
             return await call()
         except aiohttp.ClientConnectionError as error:
             log.warning("inference worker connection failed (%s), attempt %d of %d", type(error).__name__, attempt, attempts)
+        except ServiceUnavailable:  # the worker's backend (Triton) is down; it already retried
+            raise BackendUnavailable("the inference servers are unavailable; retry shortly") from None
     raise BackendUnavailable("the inference worker could not be reached; retry shortly")
