@@ -14,14 +14,14 @@ REPOSITORY_STAMP := $(REPOSITORY)/.built
 EXPORT_INPUTS := $(shell find export -name '*.py' -o -name '*.safetensors' -o -name '*.json' 2>/dev/null) \
 	services/contract.py services/preprocess.py pyproject.toml
 
-.PHONY: serve test install repository bench bento clean
+.PHONY: serve serve-triton test install repository bench bento clean
 
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable ".[serving,export,load,dev]"
+	$(BIN)/python -m pip install --quiet --editable ".[serving,export,load,triton,dev]"
 	@touch $@
 
 repository: $(REPOSITORY_STAMP)
@@ -33,6 +33,11 @@ $(REPOSITORY_STAMP): $(INSTALLED) $(EXPORT_INPUTS)
 serve: $(REPOSITORY_STAMP)
 	MEDSEG_BACKEND=embedded MEDSEG_MODEL_REPOSITORY=$(REPOSITORY) \
 		$(BIN)/bentoml serve services.service:Segmenter --host $(HOST) --port $(PORT)
+
+# The same service in front of a real tritonserver (the nvidia-pytriton wheel's, python backend)
+# on 127.0.0.1:8000-8002 serving the same repository; Ctrl-C stops both.
+serve-triton: $(REPOSITORY_STAMP)
+	$(BIN)/python -m clients.serve_triton --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
 
 test: $(REPOSITORY_STAMP)
 	$(BIN)/python -m pytest

@@ -16,7 +16,8 @@ def _build(args: argparse.Namespace) -> int:
     names = list(MODEL_SPECS) if args.model == "all" else [args.model]
     for name in names:
         build_model_folder(
-            get_spec(name), args.variant, args.repository, weights=args.weights, sam_checkpoint=args.sam_checkpoint
+            get_spec(name), args.variant, args.repository, weights=args.weights, sam_checkpoint=args.sam_checkpoint,
+            target=args.target,
         )
     return 0
 
@@ -38,6 +39,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_triton(args: argparse.Namespace) -> int:
+    from export.bench_triton import run_triton_benchmark
+    from export.specs import MODEL_SPECS
+
+    models = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    run_triton_benchmark(args.repository, models, args.requests)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stock Segment Anything file (sam_vit_h_4b8939.pth...) under official SurgicalSAM --weights",
     )
+    build.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="Triton configs: cpu = python backend running ONNX Runtime (runs here); "
+        "gpu = ONNX Runtime platform with TensorRT FP16 on GPU instances (production)",
+    )
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     build.set_defaults(run=_build)
 
@@ -65,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--variants", nargs="+", default=["small", "paper"])
     bench.add_argument("--repeats", type=int, default=10)
     bench.set_defaults(run=_bench)
+
+    bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
+    bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")
+    bench_triton.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    bench_triton.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
+    bench_triton.set_defaults(run=_bench_triton)
 
     args = parser.parse_args(argv)
     return args.run(args)

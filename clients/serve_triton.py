@@ -1,0 +1,68 @@
+"""``make serve-triton``: a real tritonserver on 127.0.0.1 with the model repository, then the
+BentoML service in front of it (``MEDSEG_BACKEND=triton``). Ctrl-C or SIGTERM stops both; the
+server runs in its own process group, so no stub process outlives it.
+
+    python -m clients.serve_triton --repository model_repository --port 3000 --triton-ports 8000 8001 8002
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from clients.local_service import ROOT, SERVICE
+from clients.triton_server import start_triton, stop_triton, wait_ready
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clients.serve_triton", description=__doc__)
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--triton-ports", type=int, nargs=3, default=(8000, 8001, 8002), metavar=("HTTP", "GRPC", "METRICS"))
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "triton")
+    args = parser.parse_args(argv)
+
+    server = start_triton(args.repository.resolve(), args.workdir, tuple(args.triton_ports))
+    print(f"tritonserver starting (log: {server.log_path})", flush=True)
+    service: subprocess.Popen | None = None
+
+    def shutdown(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        wait_ready(server)
+        print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
+        env = {
+            **os.environ,
+            "MEDSEG_BACKEND": "triton",
+            "TRITON_URLS": server.grpc_url,
+            "MEDSEG_MODEL_REPOSITORY": str(args.repository.resolve()),
+        }
+        bentoml = Path(sys.executable).with_name("bentoml")
+        service = subprocess.Popen(
+            [str(bentoml), "serve", SERVICE, "--host", args.host, "--port", str(args.port)],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        return service.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if service is not None and service.poll() is None:
+            os.killpg(service.pid, signal.SIGTERM)
+            try:
+                service.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(service.pid, signal.SIGKILL)
+        stop_triton(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
