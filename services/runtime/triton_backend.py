@@ -66,15 +66,18 @@ class TritonBackend:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.probe_interval_s = probe_interval_s
-        self._clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self._clients: dict[str, tuple[asyncio.AbstractEventLoop, triton_aio.InferenceServerClient]] = {}
         self._monitor: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ health
 
     def _client(self, url: str) -> triton_aio.InferenceServerClient:
-        if url not in self._clients:
-            self._clients[url] = triton_aio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-        return self._clients[url]
+        """The server's channel on the running event loop (an asyncio channel is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        known = self._clients.get(url)
+        if known is None or known[0] is not loop:
+            self._clients[url] = (loop, triton_aio.InferenceServerClient(url, channel_args=CHANNEL_ARGS))
+        return self._clients[url][1]
 
     async def probe(self, url: str) -> bool:
         """Ready server with every model loaded → mark up; anything else → mark down."""
@@ -89,10 +92,12 @@ class TritonBackend:
         return ready
 
     async def start(self) -> None:
-        """Probe every server once and keep probing in the background (idempotent)."""
-        if self._monitor is None or self._monitor.done():
+        """Probe every server once and keep probing in the background, on the running event loop
+        (idempotent; a monitor left on another loop, e.g. a start-up hook's, is replaced)."""
+        loop = asyncio.get_running_loop()
+        if self._monitor is None or self._monitor.done() or self._monitor.get_loop() is not loop:
+            self._monitor = loop.create_task(self._watch())
             await asyncio.gather(*(self.probe(url) for url in self.pool.urls))
-            self._monitor = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -116,7 +121,9 @@ class TritonBackend:
             for url in self.pool.order():
                 tried += 1
                 try:
-                    return await self._infer_on(url, model, inputs)
+                    outputs = await self._infer_on(url, model, inputs)
+                    self.pool.mark_up(url)  # it answered: back in rotation before its next probe
+                    return outputs
                 except InferenceServerException as error:
                     if str(error.status()) not in RETRYABLE:
                         raise
@@ -141,7 +148,7 @@ class TritonBackend:
     async def close(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
-        await asyncio.gather(*(client.close() for client in self._clients.values()), return_exceptions=True)
+        await asyncio.gather(*(client.close() for _, client in self._clients.values()), return_exceptions=True)
 
 
 def _graph_outputs(card: ModelCard) -> dict[str, tuple]:
