@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)  # also when started in the background (SIGINT inherited as ignored)
     try:
         wait_ready(server)
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
