@@ -51,10 +51,13 @@ def test_models_lists_the_served_models_with_provenance(client) -> None:
     assert model["weights"]["kind"] == "demo" and len(model["weights"]["sha256"]) == 64
     assert model["weights"]["metrics"]["liver_whole"] >= 0.9  # the held-out Dice of the training record
     by_name = {m["name"]: m for m in body["models"]}
-    assert set(by_name) == {"swtr_unet", "hnf_net", "mast"}
+    assert set(by_name) == {"swtr_unet", "hnf_net", "mast", "surgical_sam"}
     assert by_name["hnf_net"]["input"]["channel_names"] == ["t1", "t1ce", "t2", "flair"]
     assert [r["name"] for r in by_name["hnf_net"]["regions"]] == ["WT", "TC", "ET"]
     assert by_name["mast"]["graphs"] == ["mast_encoder", "mast_pair_head"] and by_name["mast"]["threshold"] == 0.5
+    surgical = by_name["surgical_sam"]
+    assert surgical["task"] == "class_prompted" and len(surgical["labels"]) == 8
+    assert surgical["graphs"] == ["surgical_sam_image_encoder", "surgical_sam_prompt_decoder"]
 
 
 def test_png_round_trip_keeps_source_size(client) -> None:
