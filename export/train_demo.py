@@ -288,7 +288,11 @@ def train_swtr_unet_demo(
 
 
 def train_demo(model: str, *, seed: int = 0, out_dir: Path = WEIGHTS_DIR) -> dict:
-    """CLI dispatch (``python -m export train-demo <model>``): "swtr_unet", "hnf_net" and "mast" have demo weights."""
+    """CLI dispatch (``python -m export train-demo <model>``): every registered model has demo weights."""
+    if model == "surgical_sam":
+        from export.train_surgical_sam import train_surgical_sam_demo
+
+        return train_surgical_sam_demo(out_dir, seed=seed)
     if model == "mast":
         from export.train_mast import train_mast_demo
 
@@ -298,5 +302,5 @@ def train_demo(model: str, *, seed: int = 0, out_dir: Path = WEIGHTS_DIR) -> dic
 
         return train_hnf_net_demo(out_dir, seed=seed)
     if model != "swtr_unet":
-        raise KeyError(f"no demo-weight trainer for {model!r}; known: swtr_unet, hnf_net, mast")
+        raise KeyError(f"no demo-weight trainer for {model!r}; known: swtr_unet, hnf_net, mast, surgical_sam")
     return train_swtr_unet_demo(out_dir, seed=seed)
