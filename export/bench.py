@@ -100,6 +100,57 @@ def frame_request() -> tuple[str, Files, str]:
     return "/v1/segment", {"file": ("frame.png", buffer.getvalue(), "image/png")}, "288x384 RGB PNG frame"
 
 
+def surgical_frame_request(shape: tuple[int, int]) -> tuple[str, Files, str]:
+    """POST /v1/segment of one procedural endoscopic frame as PNG, all 7 classes prompted."""
+    import io
+
+    from PIL import Image
+
+    from export.phantoms.surgical import make_surgical_frame
+
+    frame = make_surgical_frame(np.random.default_rng(7), shape)
+    buffer = io.BytesIO()
+    Image.fromarray(frame.rgb).save(buffer, format="PNG")
+    what = f"{shape[0]}x{shape[1]} RGB PNG frame, 7 classes"
+    return "/v1/segment", {"file": ("frame.png", buffer.getvalue(), "image/png")}, what
+
+
+def class_prompted_figures(
+    network: torch.nn.Module, repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int
+) -> dict[str, float]:
+    """SurgicalSAM: one frame with all 7 classes (batch 1), ``max_batch_size`` frames with the
+    encoder batched and one prompt call per frame (throughput), and the prompt stage alone."""
+    encoder, prompt = card.component("image_encoder"), card.component("prompt_decoder")
+    encode = open_session(repository / encoder.model / encoder.graph_file, threads=0)
+    decode = open_session(repository / prompt.model / prompt.graph_file, threads=0)
+    n = card.batching.max_batch_size
+    images = rng.random((n, *encoder.inputs[0].dims), dtype=np.float32)
+    ids = np.arange(1, 8, dtype=np.int64)
+    tensor_ids = torch.from_numpy(ids)
+
+    def torch_frames(count: int) -> None:
+        embeddings = network.image_encoder(torch.from_numpy(images[:count]))
+        for i in range(count):
+            network.predict(embeddings[i : i + 1], tensor_ids)
+
+    def ort_frames(count: int) -> None:
+        (embeddings,) = encode.run(None, {"image": images[:count]})
+        for i in range(count):
+            decode.run(None, {"image_embedding": embeddings[i : i + 1], "class_ids": ids})
+
+    (embedding,) = encode.run(None, {"image": images[:1]})
+    figures: dict[str, float] = {"throughput_batch": n}
+    with torch.inference_mode():
+        for batch in (1, n):
+            reps = repeats if batch == 1 else max(3, repeats // 3)
+            figures[f"torch_b{batch}_s"] = median_seconds(lambda: torch_frames(batch), reps)
+            figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_frames(batch), reps)
+    figures["prompt_stage_s"] = median_seconds(
+        lambda: decode.run(None, {"image_embedding": embedding[:1], "class_ids": ids}), repeats
+    )
+    return figures
+
+
 def ort_runner(repository: Path, card: ModelCard) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Bare ONNX Runtime for a card: its one session, or its graphs chained as the ensemble says."""
     sessions = {name: open_session(repository / graph_file, threads=0) for name, (graph_file, _) in card.graphs().items()}
@@ -125,7 +176,8 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
     inputs. Then the HTTP round trip against the same work done in-process on bare ONNX Runtime:
     one slice, one self-referenced frame, or the whole sliding window over a 96x96x80 phantom.
     Frame-pair models also time a stream step (one encoder pass, cached reference features)
-    against a full pair (two encoder passes).
+    against a full pair (two encoder passes); class-prompted models time frames with all 7
+    classes prompted, and the prompt stage alone.
     """
     torch.set_num_threads(os.cpu_count() or 1)
     spec = get_spec(model)
@@ -142,7 +194,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
             rng = np.random.default_rng(0)
             throughput_batch = card.batching.max_batch_size
             figures: dict[str, float] = {"throughput_batch": throughput_batch}
-            for batch in (1, throughput_batch):
+            for batch in (1, throughput_batch) if card.task != "class_prompted" else ():
                 feeds = {t.name: rng.random((batch, *t.dims), dtype=np.float32) for t in card.inputs}
                 tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
                 reps = repeats if batch == 1 else max(3, repeats // 3)
@@ -150,7 +202,17 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
                     figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps)
                 figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps)
             extra = ""
-            if card.task == "volume3d":
+            if card.task == "class_prompted":
+                figures = class_prompted_figures(network, repository, card, rng, repeats)
+                size = card.preprocessing.size[0]
+                route, files, what = surgical_frame_request((size, size * 5 // 4))  # EndoVis 4:5 frames
+                figures["bare_s"] = figures["ort_b1_s"]
+                bare_what = "bare ORT, encoder + prompt stage"
+                extra = (
+                    f"\nprompt stage      : 7 classes in one call {figures['prompt_stage_s'] * 1e3:.1f} ms = "
+                    f"{figures['prompt_stage_s'] / figures['ort_b1_s']:.0%} of a frame on ORT"
+                )
+            elif card.task == "volume3d":
                 channels = brats_phantom_channels()
                 route, files, what = volume_request(channels, card.channel_names)
 
@@ -176,7 +238,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
                 bare_what = "bare ORT batch 1"
             figures["http_s"] = http_round_trip(repository, route, model, files, max(3, repeats // 2))
             results[variant] = figures
-            unit = {"volume3d": "patch", "frame_pair": "pair"}.get(card.task, "img")
+            unit = {"volume3d": "patch", "frame_pair": "pair", "class_prompted": "frame"}.get(card.task, "img")
             print(_report(model, variant, figures, what, bare_what, unit) + extra, flush=True)
     return results
 
