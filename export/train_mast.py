@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import cosine_lr, parallel_map, run_summary, write_record
 from export.training import progress as show_progress
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
@@ -291,16 +291,6 @@ def train_mast_demo(
             ),
             **held_out,
         },
-        "final_loss_mean_last_20": float(np.mean(losses[-20:])),
-        "loss_mean_first_20": float(np.mean(losses[:20])),
-        "wall_time_s": {
-            "generate": round(generated - started, 1),
-            "train": round(trained - generated, 1),
-            "evaluate": round(evaluated - trained, 1),
-            "total": round(time.perf_counter() - started, 1),
-        },
-        **environment(settings.threads),
+        **run_summary(losses, (started, generated, trained, evaluated), settings.threads),
     }
-    write_record(out_dir / RECORD_FILE, record)
-    (out_dir / RECORD_FILE).chmod(0o644)
-    return record
+    return write_record(out_dir / RECORD_FILE, record)

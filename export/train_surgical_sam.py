@@ -30,7 +30,7 @@ from export.hashing import sha256_file
 from export.models.surgical_sam import NUM_CLASSES, SURGICAL_SAM_CONFIGS, SurgicalSam, build_surgical_sam
 from export.phantoms.surgical import SurgicalFrame, make_surgical_frame
 from export.specs import get_spec
-from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import cosine_lr, parallel_map, run_summary, write_record
 from export.training import progress as show_progress
 from services.contract import Preprocessing
 from services.pipelines.class_prompted import frame_class_masks
@@ -279,16 +279,6 @@ def train_surgical_sam_demo(
             ),
             **held_out,
         },
-        "final_loss_mean_last_20": float(np.mean(losses[-20:])),
-        "loss_mean_first_20": float(np.mean(losses[:20])),
-        "wall_time_s": {
-            "generate": round(generated - started, 1),
-            "train": round(trained - generated, 1),
-            "evaluate": round(evaluated - trained, 1),
-            "total": round(time.perf_counter() - started, 1),
-        },
-        **environment(settings.threads),
+        **run_summary(losses, (started, generated, trained, evaluated), settings.threads),
     }
-    write_record(out_dir / RECORD_FILE, record)
-    (out_dir / RECORD_FILE).chmod(0o644)
-    return record
+    return write_record(out_dir / RECORD_FILE, record)

@@ -58,6 +58,24 @@ def environment(threads: int) -> dict[str, Any]:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Write ``record`` as indented JSON (trailing newline); return it."""
+    """Write ``record`` as indented JSON (trailing newline, mode 644); return it."""
     path.write_text(json.dumps(record, indent=2) + "\n")
+    path.chmod(0o644)
     return record
+
+
+def run_summary(losses: list[float], marks: tuple[float, float, float, float], threads: int) -> dict[str, Any]:
+    """The record's closing block: first/last loss means, wall time per phase from ``marks``
+    (started, generated, trained, evaluated; perf_counter seconds) and the environment."""
+    started, generated, trained, evaluated = marks
+    return {
+        "final_loss_mean_last_20": float(np.mean(losses[-20:])),
+        "loss_mean_first_20": float(np.mean(losses[:20])),
+        "wall_time_s": {
+            "generate": round(generated - started, 1),
+            "train": round(trained - generated, 1),
+            "evaluate": round(evaluated - trained, 1),
+            "total": round(evaluated - started, 1),
+        },
+        **environment(threads),
+    }
