@@ -89,6 +89,7 @@ def store_external_data(path: Path) -> None:
         model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
         size_threshold=1024,
     )
+    data.chmod(0o644)  # onnx writes it 600; a server running as another user must read it
     for name in written - {data.name}:
         (path.parent / name).unlink(missing_ok=True)
 
