@@ -49,13 +49,14 @@ def _wait_ready(service: LocalService, timeout_s: float) -> None:
     raise RuntimeError(f"service not ready after {timeout_s:.0f}s:\n{service.log_text()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the whole process group (BentoML's supervisor and its workers), SIGKILL if needed."""
+def stop_process_group(process: subprocess.Popen, kill: bool = False, grace_s: float = 20) -> None:
+    """SIGTERM (or SIGKILL with ``kill``) a process started with ``start_new_session`` and its whole
+    group (BentoML's supervisor and workers, tritonserver and its stubs); SIGKILL after ``grace_s``."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -92,4 +93,4 @@ def local_service(
         _wait_ready(service, ready_timeout_s)
         yield service
     finally:
-        _stop(process)
+        stop_process_group(process)

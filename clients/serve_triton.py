@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clients.local_service import ROOT, SERVICE
+from clients.local_service import ROOT, SERVICE, stop_process_group
 from clients.triton_server import start_triton, stop_triton, wait_ready
 
 
@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if service is not None and service.poll() is None:
-            os.killpg(service.pid, signal.SIGTERM)
-            try:
-                service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(service.pid, signal.SIGKILL)
+        if service is not None:
+            stop_process_group(service)
         stop_triton(server)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from clients.local_service import free_port
+from clients.local_service import free_port, stop_process_group
 
 
 def pytriton_root() -> Path:
@@ -125,14 +124,7 @@ def wait_ready(server: TritonServer, timeout_s: float = 300) -> None:
 
 def stop_triton(server: TritonServer, kill: bool = False) -> None:
     """SIGTERM (graceful) or SIGKILL the server's process group (server and python-backend stubs)."""
-    if server.process.poll() is not None:
-        return
-    os.killpg(server.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=10)
+    stop_process_group(server.process, kill=kill, grace_s=30)
 
 
 @contextmanager
