@@ -1,4 +1,4 @@
-"""Command line: ``python -m export {build,train-demo,bench} ...``."""
+"""Command line: ``python -m export {build,build-plans,train-demo,bench,bench-triton} ...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def _build(args: argparse.Namespace) -> int:
             get_spec(name), args.variant, args.repository, weights=args.weights, sam_checkpoint=args.sam_checkpoint,
             target=args.target,
         )
+    return 0
+
+
+def _build_plans(args: argparse.Namespace) -> int:
+    from export.tensorrt_plans import build_plans
+
+    build_plans(args.repository, trtexec=args.trtexec)
     return 0
 
 
@@ -71,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     build.set_defaults(run=_build)
+
+    plans = sub.add_parser(
+        "build-plans",
+        help="on the GPU host: build a TensorRT plan per graph of a --target gpu repository and serve it as tensorrt_plan",
+    )
+    plans.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    plans.add_argument("--trtexec", default="trtexec", help="TensorRT 10 trtexec binary")
+    plans.set_defaults(run=_build_plans)
 
     train = sub.add_parser("train-demo", help="train the small variant's demo weights on phantoms")
     train.add_argument("model")
