@@ -18,7 +18,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton_config import TRT_WORKSPACE_BYTES, parse_config, render_config
-from services.contract import Batching, ModelCard, TensorSpec, discover_cards
+from services.contract import Batching, TensorSpec, discover_cards
 
 PLAN_FILE = "model.plan"
 Shape = tuple[int, ...]
@@ -80,13 +80,6 @@ def plan_config(config: mc.ModelConfig) -> mc.ModelConfig:
     return planned
 
 
-def _graph_jobs(card: ModelCard) -> list[tuple[str, tuple[TensorSpec, ...], bool]]:
-    """(Triton model, inputs, batched) for every graph of a card."""
-    if card.components:
-        return [(c.model, c.inputs, c.batched) for c in card.components]
-    return [(card.name, card.inputs, True)]
-
-
 def build_plans(repository: Path, trtexec: str = "trtexec", say: Callable[[str], None] = print) -> list[Path]:
     """Build ``<graph>/<version>/model.plan`` for every graph of every model in ``repository`` and
     switch its config.pbtxt to ``tensorrt_plan``; return the plans. The repository must have been
@@ -100,12 +93,12 @@ def build_plans(repository: Path, trtexec: str = "trtexec", say: Callable[[str],
     plans: list[Path] = []
     for card in cards.values():
         class_count = sum(1 for label in card.labels if label.id != 0)
-        for model, inputs, batched in _graph_jobs(card):
+        for model, (graph_file, inputs) in card.graphs().items():
             folder = repository / model
             plan = folder / card.version / PLAN_FILE
-            profile = shape_profile(inputs, batched, card.batching, class_count)
+            profile = shape_profile(inputs, model not in card.unbatched_graphs(), card.batching, class_count)
             say(f"[{model}] building {plan.relative_to(repository)} with trtexec (FP16)")
-            subprocess.run(trtexec_command(folder / card.version / "model.onnx", plan, profile, trtexec), check=True)
+            subprocess.run(trtexec_command(repository / graph_file, plan, profile, trtexec), check=True)
             if not plan.is_file():
                 raise RuntimeError(f"{model}: trtexec finished without writing {plan.name}")
             config_path = folder / "config.pbtxt"

@@ -26,24 +26,18 @@ def _class_count(card: ModelCard) -> int:
     return sum(1 for label in card.labels if label.id != 0)
 
 
-def _graphs() -> list[tuple[ModelCard, str, tuple, bool]]:
-    graphs = []
-    for card in CARDS.values():
-        if card.components:
-            graphs += [(card, c.model, c.inputs, c.batched) for c in card.components]
-        else:
-            graphs.append((card, card.name, card.inputs, True))
-    return graphs
-
-
-GRAPHS = _graphs()
+GRAPHS = [
+    (card, model, inputs, model not in card.unbatched_graphs())
+    for card in CARDS.values()
+    for model, (_, inputs) in card.graphs().items()
+]
 
 
 @pytest.mark.parametrize("card,model,inputs,batched", GRAPHS, ids=[g[1] for g in GRAPHS])
 def test_graph_runs_at_both_ends_of_its_profile(card: ModelCard, model: str, inputs: tuple, batched: bool) -> None:
     """The profile is a range the graph really accepts: ONNX Runtime runs it at min and max."""
     profile = shape_profile(inputs, batched, card.batching, _class_count(card))
-    session = ort.InferenceSession(str(REPOSITORY / model / card.version / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(REPOSITORY / card.graphs()[model][0]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for shapes in (profile.min, profile.max):
         feeds = {
