@@ -1,4 +1,4 @@
-"""Command line: ``python -m export {build,build-plans,train-demo,bench,bench-triton} ...``."""
+"""Command line: ``python -m export {build,build-plans,train-demo,bench,bench-triton,bench-batching} ...``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def _bench_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_batching(args: argparse.Namespace) -> int:
+    from export.bench_batching import run_batching_benchmark
+
+    run_batching_benchmark(args.compute_ms, args.row_ms, args.burst, args.lone)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_triton.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     bench_triton.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
     bench_triton.set_defaults(run=_bench_triton)
+
+    batching = sub.add_parser(
+        "bench-batching", help="the worker's batching policy: BentoML's adaptive batcher vs GraphBatcher"
+    )
+    batching.add_argument("--compute-ms", type=float, default=60, help="simulated run: fixed cost")
+    batching.add_argument("--row-ms", type=float, default=15, help="simulated run: cost per row")
+    batching.add_argument("--burst", type=int, default=240, help="concurrent calls in the burst")
+    batching.add_argument("--lone", type=int, default=24, help="lone calls before and after the burst")
+    batching.set_defaults(run=_bench_batching)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -2,21 +2,21 @@
 
 ``bentoml serve services.service:Segmenter`` starts both. Segmenter decodes, preprocesses and
 post-processes (its workers scale with I/O); InferenceWorker owns the backend and merges
-concurrent slices into batches (BentoML adaptive batching). All logic lives in plain modules.
+concurrent calls to the same graph into one run (GraphBatcher). All logic lives in plain modules.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import asdict
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -28,9 +28,10 @@ from starlette.routing import Route
 
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
-from services.errors import BadInput, ModelNotFound, UnsupportedMediaType
+from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMediaType
 from services.responses import typed_errors
 from services.runtime import BackendDown, InferenceBackend
+from services.runtime.graph_batcher import BatchObserver, GraphBatcher
 from services.segment import (
     check_output_kind,
     frame_headers,
@@ -62,10 +63,11 @@ def make_backend() -> InferenceBackend:
 Tensor = Annotated[np.ndarray, TensorSchema("numpy-array")]  # any dtype: float32 images, int64 class ids
 
 
-class GraphJob(BaseModel):
-    """One job for one graph (a Triton model name), its inputs by tensor name. Batched graphs: one
-    batch row without the batch axis (a (channels, rows, cols) slice, a (channels, X, Y, Z) patch,
-    feature maps...). Unbatched graphs (``batched`` False): the whole call, full shapes."""
+class GraphCall(BaseModel):
+    """One call to one graph (a Triton model name), its inputs by tensor name. Batched graphs:
+    axis 0 of every input is the rows (slices, patches, frames...); the worker may merge the call
+    with concurrent calls to the same graph. Unbatched graphs (``batched`` False): full shapes,
+    always run alone."""
 
     model: str
     inputs: dict[str, Tensor]
@@ -73,36 +75,49 @@ class GraphJob(BaseModel):
 
 
 class GraphResult(BaseModel):
-    """The outputs of one job by tensor name (without the batch axis for a batched graph)."""
+    """The outputs of one call by tensor name (the call's rows only, for a batched graph)."""
 
     outputs: dict[str, Tensor]
 
 
-async def run_jobs(backend: InferenceBackend, jobs: list[GraphJob]) -> list[GraphResult]:
-    """Run a merged batch: one backend call per batched graph, one per unbatched job; results
-    back in job order."""
-    by_model: dict[str, list[int]] = defaultdict(list)
-    results: list[GraphResult | None] = [None] * len(jobs)
-    for index, job in enumerate(jobs):
-        if job.batched:
-            by_model[job.model].append(index)
-        else:
-            results[index] = GraphResult(outputs=await backend.infer(job.model, job.inputs))
-    for model, indices in by_model.items():
-        names = jobs[indices[0]].inputs.keys()
-        batch = {name: np.stack([jobs[i].inputs[name] for i in indices]) for name in names}
-        outputs = await backend.infer(model, batch)
-        for row, i in enumerate(indices):
-            results[i] = GraphResult(outputs={name: value[row] for name, value in outputs.items()})
-    return results  # type: ignore[return-value]
+def batch_limits(cards: dict[str, ModelCard]) -> dict[str, int]:
+    """Rows per merged run, by graph: the model's max_batch_size (its Triton config's)."""
+    return {graph: card.batching.max_batch_size for card in cards.values() for graph in card.graphs()}
+
+
+def batch_observer() -> BatchObserver:
+    """Histograms of calls and rows per backend run, by graph (on /metrics). prometheus_client is
+    imported here, in the worker, after BentoML has set up its multiprocess directory."""
+    from prometheus_client import Histogram
+
+    calls = Histogram(
+        "medseg_inference_batch_calls", "Calls merged into one backend run", ["graph"], buckets=(1, 2, 3, 4, 6, 8, 16, 32)
+    )
+    rows = Histogram(
+        "medseg_inference_batch_rows", "Rows in one backend run", ["graph"], buckets=(1, 2, 4, 8, 16, 32, 64)
+    )
+
+    def observe(graph: str, call_count: int, row_count: int) -> None:
+        calls.labels(graph=graph).observe(call_count)
+        rows.labels(graph=graph).observe(row_count)
+
+    return observe
 
 
 @bentoml.service(name="medseg-inference", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
 class InferenceWorker:
-    """Owns the inference backend; one batch at a time per worker."""
+    """Owns the inference backend and merges concurrent calls per graph (services.runtime.graph_batcher)."""
 
     def __init__(self) -> None:
         self.backend = make_backend()
+        in_flight = 1 if SETTINGS.backend == "embedded" else len(SETTINGS.triton_urls)
+        self.batcher = GraphBatcher(
+            self.backend.infer,
+            batch_limits(self.backend.cards),
+            max_in_flight=in_flight,
+            max_queue_s=SETTINGS.max_queue_ms / 1000,
+            observe=batch_observer(),
+        )
 
     @bentoml.on_startup
     async def start_backend(self) -> None:
@@ -114,12 +129,15 @@ class InferenceWorker:
     def __is_ready__(self) -> bool:
         return self.backend.is_ready()
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    async def infer_graph(self, jobs: list[GraphJob]) -> list[GraphResult]:
+    @bentoml.api
+    async def infer_graph(self, call: GraphCall) -> GraphResult:
         try:
-            return await run_jobs(self.backend, jobs)
+            outputs = await self.batcher.run(call.model, call.inputs, call.batched)
         except BackendDown as error:  # the API answers 503 with Retry-After
             raise ServiceUnavailable(str(error)) from None
+        except Overloaded as error:  # the API answers 429 with Retry-After
+            raise BentoMLException(error.message, error_code=HTTPStatus.TOO_MANY_REQUESTS) from None
+        return GraphResult(outputs=outputs)
 
 
 def model_listing(cards: dict[str, ModelCard]) -> dict[str, Any]:
@@ -233,16 +251,10 @@ class Segmenter:
         return self.cards[model]
 
     async def run_graph(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Batched inputs of one graph → its batched outputs, one job per row (the worker re-batches);
-        an unbatched graph gets the whole call as one job."""
-        if model in self.unbatched_graphs:
-            job = GraphJob(model=model, inputs=inputs, batched=False)
-            (result,) = await call_worker(lambda: self.inference.to_async.infer_graph([job]))
-            return dict(result.outputs)
-        rows = len(next(iter(inputs.values())))
-        jobs = [GraphJob(model=model, inputs={k: v[i] for k, v in inputs.items()}) for i in range(rows)]
-        results = await call_worker(lambda: self.inference.to_async.infer_graph(jobs))
-        return {name: np.stack([r.outputs[name] for r in results]) for name in results[0].outputs}
+        """Batched inputs of one graph → its batched outputs (an unbatched graph: the whole call)."""
+        call = GraphCall(model=model, inputs=inputs, batched=model not in self.unbatched_graphs)
+        result = await call_worker(lambda: self.inference.to_async.infer_graph(call))
+        return dict(result.outputs)
 
     async def run_single(self, card: ModelCard, tensors: np.ndarray) -> np.ndarray:
         """(N, ...) into the card's only input → (N, ...) of its first output."""

@@ -16,8 +16,8 @@ class Settings:
     max_upload_bytes: int  # MEDSEG_MAX_UPLOAD_MB: larger request bodies get 413
     max_volume_bytes: int  # MEDSEG_MAX_VOLUME_MB: a NIfTI file larger than this once decompressed gets 413
     ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
-    max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: adaptive batching, slices per batch
-    max_latency_ms: int  # MEDSEG_MAX_LATENCY_MS: adaptive batching, latency budget per batch
+    max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: slices of one multi-frame image sent per graph call
+    max_queue_ms: int  # MEDSEG_MAX_QUEUE_MS: a graph call queued longer than this is refused (429)
     request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
     triton_urls: tuple[str, ...] = ()  # TRITON_URLS: comma-separated host:grpc_port of the Triton servers
     triton_timeout_s: float = 60.0  # MEDSEG_TRITON_TIMEOUT_S: per inference call, end to end
@@ -35,7 +35,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_volume_bytes=int(float(env.get("MEDSEG_MAX_VOLUME_MB", "1024")) * 1024 * 1024),
         ort_threads=int(env.get("MEDSEG_ORT_THREADS", "0")),
         max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
-        max_latency_ms=int(env.get("MEDSEG_MAX_LATENCY_MS", "20000")),
+        max_queue_ms=int(env.get("MEDSEG_MAX_QUEUE_MS", "20000")),
         request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
         triton_urls=tuple(u.strip() for u in env.get("TRITON_URLS", "127.0.0.1:8001").split(",") if u.strip()),
         triton_timeout_s=float(env.get("MEDSEG_TRITON_TIMEOUT_S", "60")),

@@ -1,4 +1,4 @@
-"""Adaptive batching: concurrent requests are merged into inference batches larger than one."""
+"""Batching in the inference worker: concurrent requests are merged into backend runs of more than one call."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from PIL import Image
 
 pytestmark = pytest.mark.integration
 
-BUCKET = re.compile(r'^bentoml_service_adaptive_batch_size_bucket\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$')
+BUCKET = re.compile(r'^medseg_inference_batch_calls_bucket\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$')
 
 
 def batch_histogram(metrics_text: str) -> dict[float, float]:
-    """Cumulative bucket counts (le → count) of the infer_graph batch-size histogram."""
+    """Cumulative bucket counts (le → count) of swtr_unet's calls-per-run histogram."""
     buckets: dict[float, float] = {}
     for line in metrics_text.splitlines():
         match = BUCKET.match(line)
-        if match and 'method_name="infer_graph"' in match["labels"]:
+        if match and 'graph="swtr_unet"' in match["labels"]:
             le = re.search(r'le="([^"]+)"', match["labels"])[1]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(match["value"])
@@ -29,7 +29,7 @@ def batch_histogram(metrics_text: str) -> dict[float, float]:
 
 
 def merged_batches(metrics_text: str) -> float:
-    """How many batches held more than one request."""
+    """How many backend runs merged more than one call."""
     buckets = batch_histogram(metrics_text)
     return buckets.get(float("inf"), 0.0) - buckets.get(1.0, 0.0)
 

@@ -1,13 +1,15 @@
-"""Calls to the inference worker survive a reset keep-alive connection, and fail as a 503."""
+"""Calls to the inference worker survive a reset keep-alive connection, and fail as a 503 (429 when overloaded)."""
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 import aiohttp
 import pytest
+from bentoml.exceptions import BentoMLException
 
-from services.errors import BackendUnavailable
+from services.errors import BackendUnavailable, Overloaded
 from services.worker_calls import call_worker
 
 
@@ -41,3 +43,10 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError):
         asyncio.run(call_worker(flaky))
     assert flaky.calls == 1
+
+
+def test_a_worker_refusing_for_load_is_overloaded_and_not_retried() -> None:
+    flaky = Flaky(5, BentoMLException("queued too long", error_code=HTTPStatus.TOO_MANY_REQUESTS))
+    with pytest.raises(Overloaded) as raised:
+        asyncio.run(call_worker(flaky))
+    assert flaky.calls == 1 and raised.value.status == 429 and "overloaded" in raised.value.message

@@ -1,0 +1,165 @@
+"""GraphBatcher: concurrent calls to the same graph merged into one backend call, without waiting.
+
+Greedy dynamic batching, as Triton's dynamic batcher with no queue delay: a call runs at once
+when the backend has a free slot (``max_in_flight`` calls running); calls that arrive while every
+slot is busy queue up, and the next run takes the oldest queued call plus every other queued call
+to the same graph, in arrival order, up to the graph's ``max_rows``. At low load a call therefore
+runs alone and at once; under load batches fill up by themselves. Nothing is learned from past
+traffic, so a burst leaves no trace on the next lone call (BentoML's adaptive batcher makes a lone
+call wait about as long as recent calls queued: seconds after a burst).
+
+Unbatched graphs (full shapes, SurgicalSAM's prompt stage) are never merged. If a merged run
+fails for any reason but :class:`BackendDown`, each of its calls is run again alone, so one bad
+call cannot fail the others. A call that waited more than ``max_queue_s`` for a slot is refused
+with :class:`Overloaded` instead of run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.errors import Overloaded
+from services.runtime import BackendDown
+
+Tensors = dict[str, np.ndarray]
+Infer = Callable[[str, Tensors], Awaitable[Tensors]]
+BatchObserver = Callable[[str, int, int], None]  # (graph, calls merged, rows)
+
+
+@dataclass
+class _Call:
+    model: str
+    inputs: Tensors
+    rows: int  # 0: an unbatched call, never merged
+    future: asyncio.Future[Tensors]
+    enqueued_s: float = field(default_factory=time.monotonic)
+
+
+class GraphBatcher:
+    """Merges concurrent calls per graph in front of ``infer`` (an InferenceBackend's ``infer``).
+
+    ``max_rows``: rows per run by graph (Triton model name); graphs not listed run calls alone.
+    ``observe``: told (graph, calls, rows) for every run, e.g. to export a batch-size metric.
+    """
+
+    def __init__(
+        self,
+        infer: Infer,
+        max_rows: Mapping[str, int],
+        max_in_flight: int = 1,
+        max_queue_s: float = 20.0,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._infer = infer
+        self._max_rows = dict(max_rows)
+        self._max_in_flight = max_in_flight
+        self._max_queue_s = max_queue_s
+        self._observe = observe
+        self._queue: deque[_Call] = deque()
+        self._running = 0
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
+        return len(self._queue)
+
+    async def run(self, model: str, inputs: Tensors, batched: bool = True) -> Tensors:
+        """Run ``inputs`` (batched: axis 0 = rows) through graph ``model``; return its outputs
+        for exactly these rows. Raises what the backend raised, or Overloaded."""
+        rows = len(next(iter(inputs.values()))) if batched else 0
+        call = _Call(model, inputs, rows, asyncio.get_running_loop().create_future())
+        self._queue.append(call)
+        self._start_runs()
+        return await call.future
+
+    def _start_runs(self) -> None:
+        while self._running < self._max_in_flight:
+            batch = self._take_batch()
+            if not batch:
+                return
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._execute(batch))
+
+    def _take_batch(self) -> list[_Call]:
+        """The oldest live call and the queued calls that can share its run, removed from the queue."""
+        now = time.monotonic()
+        while self._queue:
+            head = self._queue.popleft()
+            if head.future.done():  # its caller went away
+                continue
+            if now - head.enqueued_s > self._max_queue_s:
+                head.future.set_exception(
+                    Overloaded(f"the service is overloaded (queued over {self._max_queue_s:g} s); retry shortly")
+                )
+                continue
+            break
+        else:
+            return []
+        batch = [head]
+        limit = self._max_rows.get(head.model, 0)
+        if head.rows == 0 or limit == 0:
+            return batch
+        rows = head.rows
+        for call in list(self._queue):
+            if call.model == head.model and call.rows and not call.future.done() and rows + call.rows <= limit:
+                self._queue.remove(call)
+                batch.append(call)
+                rows += call.rows
+        return batch
+
+    async def _execute(self, batch: list[_Call]) -> None:
+        try:
+            live = [call for call in batch if not call.future.done()]
+            if live:
+                await self._run_batch(live)
+        finally:
+            self._running -= 1
+            self._start_runs()
+
+    async def _run_batch(self, batch: list[_Call]) -> None:
+        model = batch[0].model
+        if self._observe is not None:
+            self._observe(model, len(batch), sum(call.rows for call in batch) or 1)
+        if len(batch) == 1:
+            await self._run_alone(batch[0])
+            return
+        merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in batch[0].inputs}
+        try:
+            outputs = await self._infer(model, merged)
+        except BackendDown as error:
+            for call in batch:
+                _settle(call.future, error=error)
+            return
+        except Exception:  # noqa: BLE001 - retried alone, so each call gets its own answer
+            for call in batch:
+                await self._run_alone(call)
+            return
+        start = 0
+        for call in batch:
+            _settle(call.future, {name: value[start : start + call.rows] for name, value in outputs.items()})
+            start += call.rows
+
+    async def _run_alone(self, call: _Call) -> None:
+        try:
+            outputs = await self._infer(call.model, call.inputs)
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            _settle(call.future, error=error)
+        else:
+            _settle(call.future, outputs)
+
+
+def _settle(future: asyncio.Future[Tensors], result: Tensors | None = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -1,0 +1,191 @@
+"""GraphBatcher: merging concurrent calls per graph, without waiting, without losing a call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.errors import Overloaded
+from services.runtime import BackendDown
+from services.runtime.graph_batcher import GraphBatcher
+
+
+class GatedBackend:
+    """Doubles ``x`` row by row; each run waits for ``gate`` when one is set. Records every run as
+    (graph, first value of each row) and fails runs containing a NaN row."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, list[float]]] = []
+        self.gate: asyncio.Event | None = None
+        self.error: Exception | None = None
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.runs.append((model, [float(row.flat[0]) for row in x]))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        if np.isnan(x).any():
+            raise ValueError("NaN in the batch")
+        return {"y": x * 2}
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array(values, dtype=np.float32).reshape(-1, 1, 1).repeat(2, axis=2)}  # (rows, 1, 2)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_lone_call_runs_at_once_with_its_own_rows() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8})
+        call = asyncio.ensure_future(batcher.run("g", rows(1, 2)))
+        await settle()  # no timer: the call reaches the backend within a few loop iterations
+        assert backend.runs == [("g", [1.0, 2.0])]
+        backend.gate.set()
+        np.testing.assert_array_equal((await call)["y"], rows(2, 4)["x"])
+
+    asyncio.run(scenario())
+
+
+def test_calls_queued_behind_a_busy_backend_merge_per_graph_in_arrival_order() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8, "h": 8})
+        first = asyncio.ensure_future(batcher.run("g", rows(1)))
+        await settle()
+        queued = [
+            asyncio.ensure_future(batcher.run(model, rows(*values)))
+            for model, values in (("g", (2, 3)), ("h", (10,)), ("g", (4,)), ("g", (5, 6)))
+        ]
+        await settle()
+        assert batcher.queued == 4 and len(backend.runs) == 1  # nothing ran while the backend was busy
+        backend.gate.set()
+        results = await asyncio.gather(first, *queued)
+        assert backend.runs == [("g", [1.0]), ("g", [2.0, 3.0, 4.0, 5.0, 6.0]), ("h", [10.0])]
+        for values, out in zip(((1,), (2, 3), (10,), (4,), (5, 6)), results):
+            np.testing.assert_array_equal(out["y"], rows(*values)["x"] * 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_run_never_exceeds_the_graphs_row_limit() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 4})
+        calls = [asyncio.ensure_future(batcher.run("g", rows(i, i + 0.5))) for i in range(5)]
+        await settle()
+        backend.gate.set()
+        await asyncio.gather(*calls)
+        assert [len(values) for _, values in backend.runs] == [2, 4, 4]
+
+    asyncio.run(scenario())
+
+
+def test_unbatched_calls_are_never_merged() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"prompt": 4})
+        calls = [asyncio.ensure_future(batcher.run("prompt", rows(i), batched=False)) for i in range(3)]
+        await settle()
+        backend.gate.set()
+        await asyncio.gather(*calls)
+        assert backend.runs == [("prompt", [0.0]), ("prompt", [1.0]), ("prompt", [2.0])]
+
+    asyncio.run(scenario())
+
+
+def test_one_bad_call_fails_alone_when_its_merged_run_fails() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8})
+        calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, float("nan"), 4)]
+        await settle()
+        backend.gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[2], ValueError)
+        for value, out in zip((1, 2, 4), (results[0], results[1], results[3])):
+            np.testing.assert_array_equal(out["y"], rows(value)["x"] * 2)
+
+    asyncio.run(scenario())
+
+
+def test_backend_down_fails_every_merged_call_without_retrying() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8})
+        calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, 3)]
+        await settle()
+        backend.error = BackendDown("no server")
+        backend.gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, BackendDown) for r in results)
+        assert len(backend.runs) == 2  # the first call alone, then the two queued ones merged once
+
+    asyncio.run(scenario())
+
+
+def test_calls_queued_past_the_limit_are_refused_not_run() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8}, max_queue_s=0.05)
+        first = asyncio.ensure_future(batcher.run("g", rows(1)))
+        await settle()
+        late = asyncio.ensure_future(batcher.run("g", rows(2)))
+        await asyncio.sleep(0.1)
+        backend.gate.set()
+        await first
+        with pytest.raises(Overloaded):
+            await late
+        assert backend.runs == [("g", [1.0])]
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_went_away_is_not_run() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        batcher = GraphBatcher(backend.infer, {"g": 8})
+        first = asyncio.ensure_future(batcher.run("g", rows(1)))
+        await settle()
+        gone = asyncio.ensure_future(batcher.run("g", rows(2)))
+        kept = asyncio.ensure_future(batcher.run("g", rows(3)))
+        await settle()
+        gone.cancel()
+        backend.gate.set()
+        await asyncio.gather(first, kept)
+        assert backend.runs == [("g", [1.0]), ("g", [3.0])]
+
+    asyncio.run(scenario())
+
+
+def test_several_runs_in_flight_when_allowed() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.gate = asyncio.Event()
+        observed: list[tuple[str, int, int]] = []
+        batcher = GraphBatcher(backend.infer, {"g": 8}, max_in_flight=2, observe=lambda *a: observed.append(a))
+        calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, 3, 4)]
+        await settle()
+        assert len(backend.runs) == 2 and batcher.queued == 2  # two slots busy, two calls waiting
+        backend.gate.set()
+        await asyncio.gather(*calls)
+        assert [len(v) for _, v in backend.runs] == [1, 1, 2]
+        assert observed == [("g", 1, 1), ("g", 1, 1), ("g", 2, 2)]
+
+    asyncio.run(scenario())
