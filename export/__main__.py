@@ -59,6 +59,10 @@ def _bench_batching(args: argparse.Namespace) -> int:
     from export.bench_batching import run_batching_benchmark
 
     run_batching_benchmark(args.compute_ms, args.row_ms, args.burst, args.lone)
+    if args.service:
+        from export.bench_batching import run_service_benchmark
+
+        run_service_benchmark(args.repository)
     return 0
 
 
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("--row-ms", type=float, default=15, help="simulated run: cost per row")
     batching.add_argument("--burst", type=int, default=240, help="concurrent calls in the burst")
     batching.add_argument("--lone", type=int, default=24, help="lone calls before and after the burst")
+    batching.add_argument("--service", action="store_true", help="also lone requests around a burst on bentoml serve")
+    batching.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     batching.set_defaults(run=_bench_batching)
 
     args = parser.parse_args(argv)

@@ -1,11 +1,15 @@
 """Benchmark: the worker's batching policy, BentoML's adaptive batcher vs GraphBatcher, side by side.
 
-Both schedulers drive the same simulated backend, a coroutine that takes ``compute_ms`` plus
+Scheduler part: both schedulers drive the same simulated backend, a coroutine that takes ``compute_ms`` plus
 ``row_ms`` per row (sleeping, so the figures do not depend on this machine's load), through the
 same phases: lone calls on a fresh scheduler, a burst of concurrent calls, lone calls again. The
 adaptive batcher is BentoML's own CorkDispatcher, configured as a batchable API with our former
 settings (max batch 8, max latency 20 s). Reported: p50 of the lone calls before and after the
 burst, the burst's throughput and mean rows per run.
+
+Service part (``--service``): a real ``bentoml serve`` of the repository (embedded back end):
+lone MAST frames, a burst of BraTS volumes at concurrency 16, lone MAST frames and CT slices
+again; p50s and the after/before ratio.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+import tempfile
+from pathlib import Path
+
+import httpx
 import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
+from clients.local_service import local_service
+from export.bench_triton import load_run
+from export.sample_requests import requests_per_model
 from services.runtime.graph_batcher import GraphBatcher
 
 Call = Callable[[], Awaitable[object]]
@@ -101,3 +112,33 @@ def run_batching_benchmark(compute_ms: float = 60, row_ms: float = 15, burst: in
         f"lone after the burst x{greedy['after_ms'] / adaptive['after_ms']:.2f}"
     )
     return {"adaptive": adaptive, "greedy": greedy}
+
+
+def lone_requests_ms(url: str, model: str, count: int) -> list[float]:
+    """``count`` sequential requests of the model's sample body → milliseconds each."""
+    route, files, fields = requests_per_model()[model]
+    times = []
+    with httpx.Client(base_url=url, timeout=600) as http:
+        for _ in range(count):
+            started = time.perf_counter()
+            http.post(route, files=files, data={"model": model, **fields}).raise_for_status()
+            times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def run_service_benchmark(repository: Path, lone: int = 20, burst: int = 32) -> dict[str, float]:
+    """Lone MAST requests before and after a burst of hnf_net volumes at concurrency 16."""
+    route, files, fields = requests_per_model()["hnf_net"]
+    with tempfile.TemporaryDirectory() as tmp, local_service(repository, Path(tmp) / "serve") as service:
+        lone_requests_ms(service.url, "mast", 12)  # warm-up
+        lone_requests_ms(service.url, "swtr_unet", 4)
+        before = statistics.median(lone_requests_ms(service.url, "mast", lone))
+        load = asyncio.run(load_run(service.url, route, files, {"model": "hnf_net", **fields}, 16, burst))
+        after = statistics.median(lone_requests_ms(service.url, "mast", lone))
+        after_ct = statistics.median(lone_requests_ms(service.url, "swtr_unet", lone))
+    print(
+        f"bentoml serve, embedded: lone mast p50 {before:.0f} ms | burst of {burst} hnf_net volumes at c=16: "
+        f"p50 {load['p50_s']:.2f} s, {load['rps']:.2f} req/s | lone mast p50 after {after:.0f} ms "
+        f"(x{after / before:.2f} of before), lone swtr_unet p50 after {after_ct:.0f} ms"
+    )
+    return {"before_ms": before, "after_ms": after, "after_ct_ms": after_ct, **load}
