@@ -128,10 +128,11 @@ class SlidingWindow:
 
 @dataclass(frozen=True)
 class Batching:
-    """Adaptive batching of the inference step (BentoML and Triton's dynamic batcher)."""
+    """Batching of the inference step: ``max_batch_size`` bounds the rows of one run in the
+    worker's GraphBatcher and in Triton's dynamic batcher; the preferred sizes go to Triton."""
 
     max_batch_size: int
-    max_latency_ms: int
+    max_latency_ms: int  # recorded in medseg.json; the service's queue bound is MEDSEG_MAX_QUEUE_MS
     preferred_batch_sizes: tuple[int, ...] = ()
 
 
