@@ -37,6 +37,13 @@ def rows(*values: float) -> dict[str, np.ndarray]:
     return {"x": np.array(values, dtype=np.float32).reshape(-1, 1, 1).repeat(2, axis=2)}  # (rows, 1, 2)
 
 
+def gated(max_rows: dict[str, int], **options: object) -> tuple[GatedBackend, GraphBatcher]:
+    """A backend held at its gate (runs start but do not finish) and a batcher in front of it."""
+    backend = GatedBackend()
+    backend.gate = asyncio.Event()
+    return backend, GraphBatcher(backend.infer, max_rows, **options)  # type: ignore[arg-type]
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -44,9 +51,7 @@ async def settle() -> None:
 
 def test_a_lone_call_runs_at_once_with_its_own_rows() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8})
+        backend, batcher = gated({"g": 8})
         call = asyncio.ensure_future(batcher.run("g", rows(1, 2)))
         await settle()  # no timer: the call reaches the backend within a few loop iterations
         assert backend.runs == [("g", [1.0, 2.0])]
@@ -58,9 +63,7 @@ def test_a_lone_call_runs_at_once_with_its_own_rows() -> None:
 
 def test_calls_queued_behind_a_busy_backend_merge_per_graph_in_arrival_order() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8, "h": 8})
+        backend, batcher = gated({"g": 8, "h": 8})
         first = asyncio.ensure_future(batcher.run("g", rows(1)))
         await settle()
         queued = [
@@ -80,9 +83,7 @@ def test_calls_queued_behind_a_busy_backend_merge_per_graph_in_arrival_order() -
 
 def test_a_run_never_exceeds_the_graphs_row_limit() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 4})
+        backend, batcher = gated({"g": 4})
         calls = [asyncio.ensure_future(batcher.run("g", rows(i, i + 0.5))) for i in range(5)]
         await settle()
         backend.gate.set()
@@ -94,9 +95,7 @@ def test_a_run_never_exceeds_the_graphs_row_limit() -> None:
 
 def test_unbatched_calls_are_never_merged() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"prompt": 4})
+        backend, batcher = gated({"prompt": 4})
         calls = [asyncio.ensure_future(batcher.run("prompt", rows(i), batched=False)) for i in range(3)]
         await settle()
         backend.gate.set()
@@ -108,9 +107,7 @@ def test_unbatched_calls_are_never_merged() -> None:
 
 def test_one_bad_call_fails_alone_when_its_merged_run_fails() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8})
+        backend, batcher = gated({"g": 8})
         calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, float("nan"), 4)]
         await settle()
         backend.gate.set()
@@ -124,9 +121,7 @@ def test_one_bad_call_fails_alone_when_its_merged_run_fails() -> None:
 
 def test_backend_down_fails_every_merged_call_without_retrying() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8})
+        backend, batcher = gated({"g": 8})
         calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, 3)]
         await settle()
         backend.error = BackendDown("no server")
@@ -140,9 +135,7 @@ def test_backend_down_fails_every_merged_call_without_retrying() -> None:
 
 def test_calls_queued_past_the_limit_are_refused_not_run() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8}, max_queue_s=0.05)
+        backend, batcher = gated({"g": 8}, max_queue_s=0.05)
         first = asyncio.ensure_future(batcher.run("g", rows(1)))
         await settle()
         late = asyncio.ensure_future(batcher.run("g", rows(2)))
@@ -158,9 +151,7 @@ def test_calls_queued_past_the_limit_are_refused_not_run() -> None:
 
 def test_a_caller_that_went_away_is_not_run() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
-        batcher = GraphBatcher(backend.infer, {"g": 8})
+        backend, batcher = gated({"g": 8})
         first = asyncio.ensure_future(batcher.run("g", rows(1)))
         await settle()
         gone = asyncio.ensure_future(batcher.run("g", rows(2)))
@@ -176,10 +167,8 @@ def test_a_caller_that_went_away_is_not_run() -> None:
 
 def test_several_runs_in_flight_when_allowed() -> None:
     async def scenario() -> None:
-        backend = GatedBackend()
-        backend.gate = asyncio.Event()
         observed: list[tuple[str, int, int]] = []
-        batcher = GraphBatcher(backend.infer, {"g": 8}, max_in_flight=2, observe=lambda *a: observed.append(a))
+        backend, batcher = gated({"g": 8}, max_in_flight=2, observe=lambda *a: observed.append(a))
         calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, 3, 4)]
         await settle()
         assert len(backend.runs) == 2 and batcher.queued == 2  # two slots busy, two calls waiting
