@@ -42,7 +42,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     models = list(MODEL_SPECS) if args.model == "all" else [args.model]
     for model in models:
-        run_benchmark(model, variants=args.variants, repeats=args.repeats)
+        run_benchmark(model, variants=args.variants, repeats=args.repeats, warmup=args.warmup)
     return 0
 
 
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--model", default="all", help="registered model name, or 'all'")
     bench.add_argument("--variants", nargs="+", default=["small", "paper"])
     bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2, help="untimed calls before each timed series")
     bench.set_defaults(run=_bench)
 
     bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")

@@ -33,7 +33,9 @@ from services.runtime.ort_backend import open_session
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2, label: str = "") -> float:
+    """Median wall seconds of ``repeats`` calls after ``warmup`` untimed ones; with a ``label``,
+    each sample is logged to stderr as it lands (big variants take minutes per call)."""
     for _ in range(warmup):
         run()
     samples = []
@@ -41,13 +43,15 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> 
         started = time.perf_counter()
         run()
         samples.append(time.perf_counter() - started)
+        if label:
+            print(f"  {label}: sample {len(samples)}/{repeats} {samples[-1]:.2f} s", file=sys.stderr, flush=True)
     return statistics.median(samples)
 
 
 Files = dict[str, tuple[str, bytes, str]]
 
 
-def http_round_trip(repository: Path, route: str, model: str, files: Files, repeats: int) -> float:
+def http_round_trip(repository: Path, route: str, model: str, files: Files, repeats: int, warmup: int = 2) -> float:
     """Median seconds of one POST of ``files`` to ``route`` on a fresh `bentoml serve` of ``repository``."""
     with tempfile.TemporaryDirectory() as workdir, local_service(repository, Path(workdir)) as service:
         with httpx.Client(base_url=service.url, timeout=600) as http:
@@ -55,7 +59,7 @@ def http_round_trip(repository: Path, route: str, model: str, files: Files, repe
             def call() -> None:
                 http.post(route, files=files, data={"model": model}).raise_for_status()
 
-            return median_seconds(call, repeats)
+            return median_seconds(call, repeats, warmup, label="HTTP round trip")
 
 
 def image_request() -> tuple[str, Files, str]:
@@ -116,7 +120,7 @@ def surgical_frame_request(shape: tuple[int, int]) -> tuple[str, Files, str]:
 
 
 def class_prompted_figures(
-    network: torch.nn.Module, repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int
+    network: torch.nn.Module, repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int, warmup: int = 2
 ) -> dict[str, float]:
     """SurgicalSAM: one frame with all 7 classes (batch 1), ``max_batch_size`` frames with the
     encoder batched and one prompt call per frame (throughput), and the prompt stage alone."""
@@ -143,10 +147,10 @@ def class_prompted_figures(
     with torch.inference_mode():
         for batch in (1, n):
             reps = repeats if batch == 1 else max(3, repeats // 3)
-            figures[f"torch_b{batch}_s"] = median_seconds(lambda: torch_frames(batch), reps)
-            figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_frames(batch), reps)
+            figures[f"torch_b{batch}_s"] = median_seconds(lambda: torch_frames(batch), reps, warmup, f"eager batch {batch}")
+            figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_frames(batch), reps, warmup, f"ORT batch {batch}")
     figures["prompt_stage_s"] = median_seconds(
-        lambda: decode.run(None, {"image_embedding": embedding[:1], "class_ids": ids}), repeats
+        lambda: decode.run(None, {"image_embedding": embedding[:1], "class_ids": ids}), repeats, warmup, "prompt stage"
     )
     return figures
 
@@ -168,7 +172,7 @@ def ort_runner(repository: Path, card: ModelCard) -> Callable[[dict[str, np.ndar
     return lambda feeds: asyncio.run(run_ensemble(card, feeds, run_graph))
 
 
-def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[str, dict[str, float]]:
+def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: int = 2) -> dict[str, dict[str, float]]:
     """Print and return the figures per variant.
 
     Batch-1 latency and throughput at the model's maximum batch size (8 slices or frame pairs for
@@ -199,11 +203,11 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
                 tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
                 reps = repeats if batch == 1 else max(3, repeats // 3)
                 with torch.inference_mode():
-                    figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps)
-                figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps)
+                    figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps, warmup)
+                figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps, warmup)
             extra = ""
             if card.task == "class_prompted":
-                figures = class_prompted_figures(network, repository, card, rng, repeats)
+                figures = class_prompted_figures(network, repository, card, rng, repeats, warmup)
                 size = card.preprocessing.size[0]
                 route, files, what = surgical_frame_request((size, size * 5 // 4))  # EndoVis 4:5 frames
                 figures["bare_s"] = figures["ort_b1_s"]
@@ -224,7 +228,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
                 bare_what = "in-process sliding window on bare ORT"
             elif card.task == "frame_pair":
                 route, files, what = frame_request()
-                figures["stream_s"] = stream_step_seconds(repository, card, rng, repeats)
+                figures["stream_s"] = stream_step_seconds(repository, card, rng, repeats, warmup)
                 figures["bare_s"] = figures["stream_s"]
                 bare_what = "bare ORT, one encoder pass + pair head"
                 extra = (
@@ -236,14 +240,14 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10) -> dict[st
                 route, files, what = image_request()
                 figures["bare_s"] = figures["ort_b1_s"]
                 bare_what = "bare ORT batch 1"
-            figures["http_s"] = http_round_trip(repository, route, model, files, max(3, repeats // 2))
+            figures["http_s"] = http_round_trip(repository, route, model, files, max(3, repeats // 2), warmup)
             results[variant] = figures
             unit = {"volume3d": "patch", "frame_pair": "pair", "class_prompted": "frame"}.get(card.task, "img")
             print(_report(model, variant, figures, what, bare_what, unit) + extra, flush=True)
     return results
 
 
-def stream_step_seconds(repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int) -> float:
+def stream_step_seconds(repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int, warmup: int = 2) -> float:
     """Median seconds of one stream step at batch 1: encode the new frame, run the pair head
     against reference features computed once beforehand."""
     encoder, head = card.component("encoder"), card.component("pair_head")
@@ -261,7 +265,7 @@ def stream_step_seconds(repository: Path, card: ModelCard, rng: np.random.Genera
         feeds.update({reference_map[k]: reference[k] for k in reference_map})
         pair_head.run(None, {t.name: feeds[t.name] for t in head.inputs})
 
-    return median_seconds(step, repeats)
+    return median_seconds(step, repeats, warmup)
 
 
 def _report(model: str, variant: str, f: dict[str, float], what: str, bare_what: str, unit: str) -> str:
