@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tritonclient.grpc import model_config_pb2 as mc
 
 from export.hashing import sha256_file, sha256_graph
 from export.onnx_export import export_onnx, measure_parity
 from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, SAM_CHECKPOINT_MODELS, WEIGHTS_DIR, ModelSpec
-from export.triton_config import TARGETS, ensemble_config, graph_config, model_config, render_config
+from export.triton_config import TARGETS, ensemble_config, graph_config, model_config, render_config, warmup_files
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
 
@@ -72,9 +73,13 @@ def check_parity(name: str, parity: Parity) -> Parity:
 PYTHON_MODEL = Path(__file__).resolve().parent / "triton_python_model.py"
 
 
-def write_triton_files(folder: Path, config: object, target: str) -> None:
-    """config.pbtxt of one graph folder, plus ``<version>/model.py`` for the python backend (cpu)."""
-    (folder / "config.pbtxt").write_text(render_config(config))  # type: ignore[arg-type]
+def write_triton_files(folder: Path, config: mc.ModelConfig, target: str) -> None:
+    """config.pbtxt of one graph folder, its ``warmup/`` data files, and ``<version>/model.py``
+    for the python backend (cpu)."""
+    (folder / "config.pbtxt").write_text(render_config(config))
+    for name, data in warmup_files(config).items():
+        (folder / "warmup").mkdir(exist_ok=True)
+        (folder / "warmup" / name).write_bytes(data)
     script = folder / VERSION / "model.py"
     if target == "cpu":
         script.write_text(PYTHON_MODEL.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -81,19 +82,36 @@ def graph_config(
     for size in sizes:
         config.model_warmup.append(
             mc.ModelWarmup(
-                name=f"zeros_batch_{size}",
+                name=f"warmup_batch_{size}",
                 batch_size=size,
-                inputs={
-                    s.name: mc.ModelWarmup.Input(
-                        data_type=_TRITON_DTYPES[s.dtype],
-                        dims=[WARMUP_CLASS_COUNT if d == -1 else d for d in (s.dims if batched else s.shape)],
-                        zero_data=True,
-                    )
-                    for s in inputs
-                },
+                inputs={s.name: _warmup_input(s, batched) for s in inputs},
             )
         )
     return config
+
+
+def _warmup_input(spec: TensorSpec, batched: bool) -> mc.ModelWarmup.Input:
+    """Zeros for float inputs; integer inputs (1-based class ids, where 0 is no class) read the
+    valid ids 1..WARMUP_CLASS_COUNT from ``warmup/<input name>`` (see warmup_files)."""
+    dims = [WARMUP_CLASS_COUNT if d == -1 else d for d in (spec.dims if batched else spec.shape)]
+    warm = mc.ModelWarmup.Input(data_type=_TRITON_DTYPES[spec.dtype], dims=dims)
+    if spec.dtype == "int64":
+        warm.input_data_file = spec.name
+    else:
+        warm.zero_data = True
+    return warm
+
+
+def warmup_files(config: mc.ModelConfig) -> dict[str, bytes]:
+    """Contents of the ``warmup/`` files a config's warm-up names. Triton sends a warm-up of batch
+    size n as n requests of batch 1, each reading one sample (``dims``) from the file: class ids
+    1, 2, ... cycling through WARMUP_CLASS_COUNT, little-endian int64."""
+    return {
+        warm.input_data_file: (np.arange(int(np.prod(warm.dims)), dtype="<i8") % WARMUP_CLASS_COUNT + 1).tobytes()
+        for warmup in config.model_warmup
+        for warm in warmup.inputs.values()
+        if warm.input_data_file
+    }
 
 
 Step = tuple[str, Mapping[str, str], Mapping[str, str]]  # (Triton model, graph input → tensor, graph output → tensor)

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import gzip
 import io
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,10 @@ from pydicom.data import get_testdata_file
 
 from clients.local_service import LocalService, local_service
 from clients.triton_server import TritonServer, start_triton, stop_triton, triton_server, wait_ready
+from export.repository import write_triton_files
 from export.sample_requests import requests_per_model
+from export.specs import get_spec
+from export.triton_config import graph_config, parse_config
 from services.contract import discover_cards
 from services.runtime.ort_backend import OrtBackend
 from services.runtime.triton_backend import TritonBackend
@@ -194,3 +198,20 @@ def test_with_two_servers_losing_one_loses_no_request(tmp_path: Path) -> None:
     finally:
         stop_triton(first)
         stop_triton(second)
+
+
+def test_triton_accepts_the_class_id_warmup_of_gpu_configs(tmp_path: Path) -> None:
+    """The ``gpu`` target's warm-up of the prompt stage reads class ids from ``warmup/class_ids``;
+    Triton checks that file's size at load (it refuses to load the model otherwise). Grafted onto
+    the python-backend config, since this machine has no GPU."""
+    spec = get_spec("surgical_sam")
+    prompt = next(graph for graph in spec.graphs("small") if not graph.batched)
+    name = spec.graph_model(prompt.role)
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY / name, repository / name)
+    config = parse_config((repository / name / "config.pbtxt").read_text())
+    config.model_warmup.extend(graph_config(name, prompt.inputs, prompt.outputs, spec.batching, "1", False, "gpu").model_warmup)
+    write_triton_files(repository / name, config, "cpu")
+    with triton_server(repository, tmp_path / "work") as server:
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        assert client.is_model_ready(name)

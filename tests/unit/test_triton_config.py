@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.repository import write_triton_files
 from export.specs import get_spec
 from export.triton_config import graph_config, parse_config, render_config
 
@@ -47,6 +51,24 @@ def test_unbatched_graph_warms_up_with_concrete_dims_and_is_never_batched() -> N
     (warm,) = rendered(PROMPT, "gpu").model_warmup
     assert warm.batch_size == 1 and list(warm.inputs["class_ids"].dims) == [7]
     assert warm.inputs["class_ids"].data_type == mc.TYPE_INT64
+    assert warm.inputs["image_embedding"].zero_data
+
+
+def test_class_ids_warm_up_with_valid_ids_from_the_warmup_folder(tmp_path: Path) -> None:
+    """Class id 0 is no class (the graph would gather prototype -1): warm-up reads ids 1..7 from
+    ``warmup/class_ids``, one batch-1 sample of exactly the bytes Triton reads."""
+    config = rendered(PROMPT, "gpu")
+    (warm,) = config.model_warmup
+    assert warm.inputs["class_ids"].input_data_file == "class_ids"
+    write_triton_files(tmp_path, config, "gpu")
+    ids = np.fromfile(tmp_path / "warmup" / "class_ids", dtype="<i8")
+    assert ids.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert [f.name for f in (tmp_path / "warmup").iterdir()] == ["class_ids"]
+
+
+def test_float_graphs_need_no_warmup_files(tmp_path: Path) -> None:
+    write_triton_files(tmp_path, rendered(ENCODER, "gpu"), "gpu")
+    assert not (tmp_path / "warmup").exists()
 
 
 def test_unknown_target_is_refused() -> None:
