@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import cosine_lr, environment, parallel_map, write_record
-from export.training import progress as show_progress
+from export.training import environment, parallel_map, train_steps, write_record
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
 from export.specs import get_spec
@@ -138,25 +137,17 @@ def train_model(
 ) -> list[float]:
     """AdamW on random mini-batches of the pool; returns the loss per step."""
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
     model.to(memory_format=torch.channels_last)
-    losses = []
-    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(images), (settings.batch_size,), generator=generator)
         x = jitter_intensity(images[index].float(), generator).contiguous(memory_format=torch.channels_last)
         t = targets[index].float()
         t = t / t.sum(dim=1, keepdim=True)  # undo the uint8 rounding
-        loss = segmentation_loss(model(x), t, settings.dice_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress and hasattr(steps, "set_postfix"):
-            steps.set_postfix(loss=f"{losses[-1]:.3f}")
+        return segmentation_loss(model(x), t, settings.dice_weights)
+
+    losses = train_steps(list(model.parameters()), settings, batch_loss, progress)
     model.to(memory_format=torch.contiguous_format)
     return losses
 

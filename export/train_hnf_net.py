@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import cosine_lr, environment, parallel_map, write_record
+from export.training import environment, parallel_map, train_steps, write_record
 from export.training import progress as show_progress
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
@@ -170,21 +170,13 @@ def train_model(
 ) -> list[float]:
     """AdamW with warm-up + cosine decay on random patches of the pool; returns the loss per step."""
     rng = np.random.default_rng([settings.seed, 1])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
-    losses: list[float] = []
-    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)
+
+    def batch_loss() -> torch.Tensor:
         x, t = sample_batch(images, labels, rng, settings)
-        loss = region_loss(model(x), t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress and hasattr(steps, "set_postfix"):
-            steps.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        return region_loss(model(x), t)
+
+    losses = train_steps(list(model.parameters()), settings, batch_loss, progress, shown_mean_of=20)
     model.eval()
     return losses
 

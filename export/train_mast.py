@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import cosine_lr, parallel_map, run_summary, write_record
-from export.training import progress as show_progress
+from export.training import parallel_map, run_summary, train_steps, write_record
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
 from export.specs import get_spec
@@ -151,26 +150,17 @@ def train_model(
 ) -> list[float]:
     """AdamW on random mini-batches of frame pairs; returns the loss per step."""
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
-    losses: list[float] = []
-    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)
+
+    def batch_loss() -> torch.Tensor:
         anchor, reference, t_anchor, t_reference = sample_pairs(images, targets, settings, generator)
         maps_a, maps_r = model.forward_all(anchor, reference)
         w_anchor = boundary_weight(t_anchor, settings.boundary_weight, settings.boundary_kernel)
         w_reference = boundary_weight(t_reference, settings.boundary_weight, settings.boundary_kernel)
         loss = sum(structure_loss(m, t_anchor, w_anchor) for m in maps_a)
-        loss = loss + sum(structure_loss(m, t_reference, w_reference) for m in maps_r)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.item()))
-        if progress and hasattr(steps, "set_postfix"):
-            steps.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+        return loss + sum(structure_loss(m, t_reference, w_reference) for m in maps_r)
+
+    return train_steps(list(model.parameters()), settings, batch_loss, progress)
 
 
 def predict_clip(model: Mast, frames: np.ndarray, pre: Preprocessing, reference_index: list[int]) -> list[np.ndarray]:

@@ -30,8 +30,7 @@ from export.hashing import sha256_file
 from export.models.surgical_sam import NUM_CLASSES, SURGICAL_SAM_CONFIGS, SurgicalSam, build_surgical_sam
 from export.phantoms.surgical import SurgicalFrame, make_surgical_frame
 from export.specs import get_spec
-from export.training import cosine_lr, parallel_map, run_summary, write_record
-from export.training import progress as show_progress
+from export.training import parallel_map, run_summary, train_steps, write_record
 from services.contract import Preprocessing
 from services.pipelines.class_prompted import frame_class_masks
 from services.preprocess import Letterbox, prepare_rgb
@@ -140,14 +139,9 @@ def train_model(
 ) -> list[float]:
     """AdamW on random mini-batches of the pool (all trainable parameters); returns the loss per step."""
     generator = torch.Generator().manual_seed(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     model.train()
-    losses: list[float] = []
-    steps = show_progress(range(settings.steps), settings.steps, "train", progress)
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.steps, settings.warmup_steps, settings.learning_rate)
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(images), (settings.batch_size,), generator=generator)
         embeddings = model.image_encoder(images[index].float())
         loss = torch.zeros(())
@@ -156,15 +150,10 @@ def train_model(
             low_res, iou = model.predict(embedding.unsqueeze(0), ids)
             target = (frame_labels.unsqueeze(0) == ids[:, None, None]).float()
             loss = loss + mask_loss(frame_logits(low_res, box), iou[:, 0], target, settings.iou_weight)
-        loss = loss / settings.batch_size
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(float(loss.item()))
-        if progress and hasattr(steps, "set_postfix"):
-            steps.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+        return loss / settings.batch_size
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return train_steps(params, settings, batch_loss, progress, clip_grad_norm=1.0)
 
 
 # --------------------------------------------------------------------------------- evaluation

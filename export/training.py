@@ -1,5 +1,5 @@
-"""Pieces every demo-weight trainer shares: pool generation, progress, learning-rate schedule and
-the record's environment block and writer (``export/weights/<model>_small_demo.json``)."""
+"""Pieces every demo-weight trainer shares: pool generation, progress, the AdamW loop with its
+learning-rate schedule, and the record's environment block and writer (``export/weights/<model>_small_demo.json``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import multiprocessing
 import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +45,48 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
         return peak * (step + 1) / warmup
     fraction = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1.0 + np.cos(np.pi * fraction))
+
+
+class Schedule(Protocol):
+    """The optimisation fields every trainer's settings carry."""
+
+    steps: int
+    warmup_steps: int
+    learning_rate: float
+    weight_decay: float
+
+
+def train_steps(
+    parameters: list[torch.nn.Parameter],
+    schedule: Schedule,
+    batch_loss: Callable[[], torch.Tensor],
+    show: bool,
+    clip_grad_norm: float | None = None,
+    shown_mean_of: int = 1,
+) -> list[float]:
+    """AdamW over ``schedule.steps`` steps with cosine_lr; returns the loss of every step.
+
+    ``batch_loss`` draws the step's mini-batch and returns its scalar loss (it is called after the
+    step's learning rate is set, so random draws happen in the same order as a hand-written loop).
+    ``clip_grad_norm`` clips the gradients' global norm before the update; the progress bar
+    shows the mean loss of the last ``shown_mean_of`` steps.
+    """
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
+    losses: list[float] = []
+    steps = progress(range(schedule.steps), schedule.steps, "train", show)
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, schedule.steps, schedule.warmup_steps, schedule.learning_rate)
+        loss = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if show and hasattr(steps, "set_postfix"):
+            steps.set_postfix(loss=f"{np.mean(losses[-shown_mean_of:]):.3f}")
+    return losses
 
 
 def environment(threads: int) -> dict[str, Any]:
