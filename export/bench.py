@@ -9,6 +9,7 @@ variant against the same work on bare ONNX Runtime in-process. Figures are media
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -119,39 +120,77 @@ def surgical_frame_request(shape: tuple[int, int]) -> tuple[str, Files, str]:
     return "/v1/segment", {"file": ("frame.png", buffer.getvalue(), "image/png")}, what
 
 
-def class_prompted_figures(
-    network: torch.nn.Module, repository: Path, card: ModelCard, rng: np.random.Generator, repeats: int, warmup: int = 2
+def frame_inputs(card: ModelCard, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SurgicalSAM inputs: ``max_batch_size`` random images (N, 3, S, S) and class ids 1..7."""
+    encoder = card.component("image_encoder")
+    images = rng.random((card.batching.max_batch_size, *encoder.inputs[0].dims), dtype=np.float32)
+    return images, np.arange(1, 8, dtype=np.int64)
+
+
+def eager_frame_figures(
+    network: torch.nn.Module, images: np.ndarray, ids: np.ndarray, repeats: int, warmup: int
 ) -> dict[str, float]:
-    """SurgicalSAM: one frame with all 7 classes (batch 1), ``max_batch_size`` frames with the
-    encoder batched and one prompt call per frame (throughput), and the prompt stage alone."""
-    encoder, prompt = card.component("image_encoder"), card.component("prompt_decoder")
-    encode = open_session(repository / encoder.model / encoder.graph_file, threads=0)
-    decode = open_session(repository / prompt.model / prompt.graph_file, threads=0)
-    n = card.batching.max_batch_size
-    images = rng.random((n, *encoder.inputs[0].dims), dtype=np.float32)
-    ids = np.arange(1, 8, dtype=np.int64)
+    """SurgicalSAM on PyTorch: one frame with all 7 classes (batch 1), then all ``images`` with
+    the encoder batched and one prompt call per frame (throughput)."""
     tensor_ids = torch.from_numpy(ids)
 
-    def torch_frames(count: int) -> None:
+    def frames(count: int) -> None:
         embeddings = network.image_encoder(torch.from_numpy(images[:count]))
         for i in range(count):
             network.predict(embeddings[i : i + 1], tensor_ids)
 
-    def ort_frames(count: int) -> None:
+    figures: dict[str, float] = {"throughput_batch": len(images)}
+    with torch.inference_mode():
+        for batch in (1, len(images)):
+            reps = repeats if batch == 1 else max(3, repeats // 3)
+            figures[f"torch_b{batch}_s"] = median_seconds(lambda: frames(batch), reps, warmup, f"eager batch {batch}")
+    return figures
+
+
+def ort_frame_figures(
+    repository: Path, card: ModelCard, images: np.ndarray, ids: np.ndarray, repeats: int, warmup: int
+) -> dict[str, float]:
+    """The same frames as eager_frame_figures on bare ONNX Runtime (encoder graph, then the prompt
+    graph per frame), and the prompt stage alone."""
+    encoder, prompt = card.component("image_encoder"), card.component("prompt_decoder")
+    encode = open_session(repository / encoder.model / encoder.graph_file, threads=0)
+    decode = open_session(repository / prompt.model / prompt.graph_file, threads=0)
+
+    def frames(count: int) -> None:
         (embeddings,) = encode.run(None, {"image": images[:count]})
         for i in range(count):
             decode.run(None, {"image_embedding": embeddings[i : i + 1], "class_ids": ids})
 
+    figures: dict[str, float] = {}
+    for batch in (1, len(images)):
+        reps = repeats if batch == 1 else max(3, repeats // 3)
+        figures[f"ort_b{batch}_s"] = median_seconds(lambda: frames(batch), reps, warmup, f"ORT batch {batch}")
     (embedding,) = encode.run(None, {"image": images[:1]})
-    figures: dict[str, float] = {"throughput_batch": n}
-    with torch.inference_mode():
-        for batch in (1, n):
-            reps = repeats if batch == 1 else max(3, repeats // 3)
-            figures[f"torch_b{batch}_s"] = median_seconds(lambda: torch_frames(batch), reps, warmup, f"eager batch {batch}")
-            figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_frames(batch), reps, warmup, f"ORT batch {batch}")
     figures["prompt_stage_s"] = median_seconds(
-        lambda: decode.run(None, {"image_embedding": embedding[:1], "class_ids": ids}), repeats, warmup, "prompt stage"
+        lambda: decode.run(None, {"image_embedding": embedding, "class_ids": ids}), repeats, warmup, "prompt stage"
     )
+    return figures
+
+
+def batch_figures(
+    network: torch.nn.Module,
+    ort_run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    card: ModelCard,
+    rng: np.random.Generator,
+    repeats: int,
+    warmup: int,
+) -> dict[str, float]:
+    """Single-input-per-row models: PyTorch eager vs bare ONNX Runtime on the same random rows,
+    at batch 1 and at the card's maximum batch size."""
+    throughput_batch = card.batching.max_batch_size
+    figures: dict[str, float] = {"throughput_batch": throughput_batch}
+    for batch in (1, throughput_batch):
+        feeds = {t.name: rng.random((batch, *t.dims), dtype=np.float32) for t in card.inputs}
+        tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
+        reps = repeats if batch == 1 else max(3, repeats // 3)
+        with torch.inference_mode():
+            figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps, warmup)
+        figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps, warmup)
     return figures
 
 
@@ -194,20 +233,14 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: in
             weights_file, _ = resolve_weights(spec, variant, None)
             if weights_file is not None:
                 load_weights(network, weights_file)
-            ort_run = ort_runner(repository, card)
             rng = np.random.default_rng(0)
-            throughput_batch = card.batching.max_batch_size
-            figures: dict[str, float] = {"throughput_batch": throughput_batch}
-            for batch in (1, throughput_batch) if card.task != "class_prompted" else ():
-                feeds = {t.name: rng.random((batch, *t.dims), dtype=np.float32) for t in card.inputs}
-                tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
-                reps = repeats if batch == 1 else max(3, repeats // 3)
-                with torch.inference_mode():
-                    figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps, warmup)
-                figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps, warmup)
             extra = ""
             if card.task == "class_prompted":
-                figures = class_prompted_figures(network, repository, card, rng, repeats, warmup)
+                images, ids = frame_inputs(card, rng)
+                figures = eager_frame_figures(network, images, ids, repeats, warmup)
+                del network  # each runtime timed with the other's memory released (ViT-H at batch 4 needs it)
+                gc.collect()
+                figures |= ort_frame_figures(repository, card, images, ids, repeats, warmup)
                 size = card.preprocessing.size[0]
                 route, files, what = surgical_frame_request((size, size * 5 // 4))  # EndoVis 4:5 frames
                 figures["bare_s"] = figures["ort_b1_s"]
@@ -216,7 +249,10 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: in
                     f"\nprompt stage      : 7 classes in one call {figures['prompt_stage_s'] * 1e3:.1f} ms = "
                     f"{figures['prompt_stage_s'] / figures['ort_b1_s']:.0%} of a frame on ORT"
                 )
-            elif card.task == "volume3d":
+            else:
+                ort_run = ort_runner(repository, card)
+                figures = batch_figures(network, ort_run, card, rng, repeats, warmup)
+            if card.task == "volume3d":
                 channels = brats_phantom_channels()
                 route, files, what = volume_request(channels, card.channel_names)
 
@@ -236,7 +272,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: in
                     f"stream step (1 pass, cached reference) {figures['stream_s'] * 1e3:.1f} ms | "
                     f"saving x{figures['ort_b1_s'] / figures['stream_s']:.2f}"
                 )
-            else:
+            elif card.task == "image2d":
                 route, files, what = image_request()
                 figures["bare_s"] = figures["ort_b1_s"]
                 bare_what = "bare ORT batch 1"
