@@ -78,6 +78,20 @@ def test_missing_model_and_bad_output_are_400(client) -> None:
     assert_error(post(client, image, output="tiff"), 400, "bad_input")
 
 
+def test_errors_raised_by_the_framework_follow_the_contract(client, service) -> None:
+    """Form validation and content-type refusals happen in BentoML, before our handler: same body shape."""
+    image = png_of(np.zeros((32, 32), np.uint8))
+    only_fields = client.post("/v1/segment", files={"model": (None, "swtr_unet")})
+    assert "'file'" in assert_error(only_fields, 400, "bad_input")["message"]
+    not_a_number = post(client, image, "x.png", threshold="DOE^JANE")
+    assert "'threshold'" in assert_error(not_a_number, 400, "bad_input")["message"]
+    assert "DOE" not in not_a_number.text and "DOE" not in service.log_text()
+    assert "invalid request: 'threshold'" in service.log_text()  # BentoML's log line, scrubbed
+    pickled = client.post("/v1/segment", content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"})
+    assert_error(pickled, 415, "unsupported_media_type")
+    assert_error(client.post("/v1/segment", json={"model": "swtr_unet"}), 400, "bad_input")
+
+
 def test_truncated_png_is_400(client) -> None:
     image = png_of((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8))
     assert_error(post(client, image[: len(image) // 2], "x.png"), 400, "bad_input")
