@@ -5,7 +5,7 @@ is not a number; a refused content type) come back from BentoML as ``{"error": "
 for Input", "detail": [...]}`` or as a one-element list. Callers of this service rely on one shape,
 ``{"error": code, "message": ...}`` (services.errors); this ASGI middleware gives them that.
 Validation details are rebuilt from field names and pydantic's messages only: submitted values
-never reach the response, and ValidationLogScrubber keeps them out of BentoML's error log too.
+never reach the response, and ClientErrorLogScrubber keeps them out of BentoML's error log too.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 from typing import Any
 
+from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
 from services.errors import (
@@ -113,21 +114,27 @@ async def _send_rewritten(start: Message, body: bytes, send: Send) -> None:
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"  # where BentoML logs request exceptions
 
 
-class ValidationLogScrubber(logging.Filter):
-    """BentoML logs a failed form validation with its traceback, and pydantic's text quotes the
-    submitted values (``input_value='...'``): log the field names and messages instead."""
+class ClientErrorLogScrubber(logging.Filter):
+    """BentoML logs every request exception with its traceback. For client errors that is noise,
+    and pydantic's validation text quotes the submitted values (``input_value='...'``): log the
+    field names and messages of a validation error, the type and status of BentoML's other 4xx
+    exceptions, and no traceback. Server-side errors keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
             summary = validation_message(error.errors(include_input=False, include_context=False, include_url=False))
-            record.msg, record.args = f"{record.getMessage()}: {summary}", None
-            record.exc_info, record.exc_text = None, None
+        elif isinstance(error, BentoMLException) and error.error_code < 500:
+            summary = f"{type(error).__name__} ({int(error.error_code)})"
+        else:
+            return True
+        record.msg, record.args = f"{record.getMessage()}: {summary}", None
+        record.exc_info, record.exc_text = None, None
         return True
 
 
-def scrub_validation_logs() -> None:
-    """Install ValidationLogScrubber on BentoML's request-exception logger (once per process)."""
+def scrub_client_error_logs() -> None:
+    """Install ClientErrorLogScrubber on BentoML's request-exception logger (once per process)."""
     logger = logging.getLogger(BENTOML_HTTP_LOGGER)
-    if not any(isinstance(f, ValidationLogScrubber) for f in logger.filters):
-        logger.addFilter(ValidationLogScrubber())
+    if not any(isinstance(f, ClientErrorLogScrubber) for f in logger.filters):
+        logger.addFilter(ClientErrorLogScrubber())

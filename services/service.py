@@ -29,7 +29,7 @@ from starlette.routing import Route
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMediaType
-from services.framework_errors import FrameworkErrors, scrub_validation_logs
+from services.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.responses import typed_errors
 from services.runtime import BackendDown, InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher
@@ -298,4 +298,4 @@ class Segmenter:
 
 Segmenter.add_asgi_middleware(UploadLimit, max_bytes=SETTINGS.max_upload_bytes)
 Segmenter.add_asgi_middleware(FrameworkErrors)
-scrub_validation_logs()
+scrub_client_error_logs()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from http import HTTPStatus
 
 import httpx
 import pydantic
 import pytest
+from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -17,9 +19,9 @@ from starlette.routing import Route
 from services.framework_errors import (
     BENTOML_HTTP_LOGGER,
     FrameworkErrors,
-    ValidationLogScrubber,
+    ClientErrorLogScrubber,
     contract_error,
-    scrub_validation_logs,
+    scrub_client_error_logs,
     validation_message,
 )
 
@@ -129,12 +131,29 @@ def test_bentoml_validation_log_keeps_field_names_but_not_values(caplog: pytest.
     try:
         Form(threshold="DOE^JANE")
     except pydantic.ValidationError:
-        scrub_validation_logs()
-        scrub_validation_logs()  # idempotent
+        scrub_client_error_logs()
+        scrub_client_error_logs()  # idempotent
         with caplog.at_level(logging.ERROR, logger=BENTOML_HTTP_LOGGER):
             logging.getLogger(BENTOML_HTTP_LOGGER).error("Exception on %s [%s]", "/v1/segment", "POST", exc_info=True)
     (record,) = caplog.records
     assert "DOE" not in caplog.text
     assert record.getMessage() == "Exception on /v1/segment [POST]: invalid request: 'threshold': Input should be a valid number, unable to parse string as a number"
     logger = logging.getLogger(BENTOML_HTTP_LOGGER)
-    assert sum(isinstance(f, ValidationLogScrubber) for f in logger.filters) == 1
+    assert sum(isinstance(f, ClientErrorLogScrubber) for f in logger.filters) == 1
+
+
+def test_bentoml_client_exceptions_are_logged_without_traceback_and_server_errors_with(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scrub_client_error_logs()
+    logger = logging.getLogger(BENTOML_HTTP_LOGGER)
+    for error in (BentoMLException("DOE^JANE is not allowed", error_code=HTTPStatus.UNSUPPORTED_MEDIA_TYPE), BentoMLException("boom")):
+        try:
+            raise error
+        except BentoMLException:
+            with caplog.at_level(logging.ERROR, logger=BENTOML_HTTP_LOGGER):
+                logger.error("Exception on %s [%s]", "/v1/segment", "POST", exc_info=True)
+    client, server = caplog.records
+    assert client.getMessage() == "Exception on /v1/segment [POST]: BentoMLException (415)" and client.exc_info is None
+    assert server.exc_info is not None  # a 500 keeps its traceback for the operator
+    assert "DOE" not in caplog.text
