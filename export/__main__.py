@@ -1,4 +1,4 @@
-"""Command line: ``python -m export {build,build-plans,train-demo,bench,bench-triton,bench-batching} ...``."""
+"""Command line: ``python -m export {build,build-plans,train-demo,bench,bench-triton,bench-batching,bench-spinning} ...``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,13 @@ def _bench_triton(args: argparse.Namespace) -> int:
 
     models = list(MODEL_SPECS) if args.model == "all" else [args.model]
     run_triton_benchmark(args.repository, models, args.requests)
+    return 0
+
+
+def _bench_spinning(args: argparse.Namespace) -> int:
+    from export.bench_spinning import run_spinning_benchmark
+
+    run_spinning_benchmark(args.repository, args.rounds)
     return 0
 
 
@@ -126,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("--service", action="store_true", help="also lone requests around a burst on bentoml serve")
     batching.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     batching.set_defaults(run=_bench_batching)
+
+    spinning = sub.add_parser("bench-spinning", help="ONNX Runtime sessions whose idle threads spin vs block")
+    spinning.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    spinning.add_argument("--rounds", type=int, default=5, help="alternating rounds of 10 requests per setting")
+    spinning.set_defaults(run=_bench_spinning)
 
     args = parser.parse_args(argv)
     return args.run(args)

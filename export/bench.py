@@ -194,9 +194,14 @@ def batch_figures(
     return figures
 
 
-def ort_runner(repository: Path, card: ModelCard) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def ort_runner(
+    repository: Path, card: ModelCard, spinning: bool = False
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Bare ONNX Runtime for a card: its one session, or its graphs chained as the ensemble says."""
-    sessions = {name: open_session(repository / graph_file, threads=0) for name, (graph_file, _) in card.graphs().items()}
+    sessions = {
+        name: open_session(repository / graph_file, threads=0, spinning=spinning)
+        for name, (graph_file, _) in card.graphs().items()
+    }
 
     def run_graph_sync(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = sessions[name]

@@ -74,6 +74,8 @@ class TritonPythonModel:
         threads = int(_parameter(config, "intra_op_threads", "0"))
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads block instead of spinning: each graph is its own stub process on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = folder / _parameter(config, "graph", "model.onnx")
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         problems = config_mismatches(config, self.session)

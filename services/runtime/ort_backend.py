@@ -15,12 +15,19 @@ from services.errors import ModelNotFound
 log = logging.getLogger("medseg.runtime")
 
 
-def open_session(graph: Path, threads: int) -> ort.InferenceSession:
-    """CPU session with all graph optimisations; ``threads`` = 0 lets ONNX Runtime pick."""
+def open_session(graph: Path, threads: int, spinning: bool = False) -> ort.InferenceSession:
+    """CPU session with all graph optimisations; ``threads`` = 0 lets ONNX Runtime pick.
+
+    Every session owns its intra-op thread pool, and by default those threads spin after each
+    run. With one session per graph, the spinning pool of the graph that just ran takes the cores
+    from the next one (SurgicalSAM's encoder then prompt stage); ``spinning`` is off unless asked
+    for (``python -m export bench-spinning`` measures both)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
