@@ -105,7 +105,19 @@ def batch_observer() -> BatchObserver:
     return observe
 
 
-@bentoml.service(name="medseg-inference", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
+# BentoML's client to a dependency replaces its connection pool every 100 requests or 300 s and
+# closes the old one with calls still in flight on it: those fail (ServerDisconnectedError, which
+# call_worker retries) or, now and then, never return until the request timeout (504). The pool
+# is kept for the life of the process instead; stale keep-alive connections are retried.
+NEVER_REFRESH = {"max_requests": 2**62, "max_age": 1e12}
+
+
+@bentoml.service(
+    name="medseg-inference",
+    workers=1,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+    runner_connection=NEVER_REFRESH,
+)
 class InferenceWorker:
     """Owns the inference backend and merges concurrent calls per graph (services.runtime.graph_batcher)."""
 
