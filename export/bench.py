@@ -26,12 +26,13 @@ from clients.local_service import local_service
 from export.repository import build_model_folder, resolve_weights
 from export.specs import MODEL_BUILDERS, get_spec
 from export.weights_io import load_weights
-from services.contract import ModelCard
+from services.contract import ModelCard, TensorSpec
 from services.pipelines.ensemble import run_ensemble
 from services.pipelines.volume3d import segment_volume
 from services.runtime.ort_backend import open_session
 
 ROOT = Path(__file__).resolve().parent.parent
+PROMPTED_CLASSES = 7  # SurgicalSAM frames are timed with every instrument class prompted
 
 
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2, label: str = "") -> float:
@@ -120,11 +121,30 @@ def surgical_frame_request(shape: tuple[int, int]) -> tuple[str, Files, str]:
     return "/v1/segment", {"file": ("frame.png", buffer.getvalue(), "image/png")}, what
 
 
+def series_repeats(batch: int, repeats: int) -> int:
+    """Timed calls of a series: ``repeats`` at batch 1, a third of them (at least 3) for the
+    slower full-batch and whole-volume series."""
+    return repeats if batch == 1 else max(3, repeats // 3)
+
+
+def request_feeds(card: ModelCard, rng: np.random.Generator, rows: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs of a card: ``rows`` rows of float inputs when batched, the full shapes when
+    not; integer inputs (class ids) count 1, 2, ..."""
+
+    def feed(spec: TensorSpec) -> np.ndarray:
+        shape = (rows, *spec.dims) if card.batched else tuple(PROMPTED_CLASSES if d == -1 else d for d in spec.shape)
+        if spec.dtype == "int64":
+            return np.arange(1, int(np.prod(shape)) + 1, dtype=np.int64).reshape(shape)
+        return rng.random(shape, dtype=np.float32)
+
+    return {spec.name: feed(spec) for spec in card.inputs}
+
+
 def frame_inputs(card: ModelCard, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """SurgicalSAM inputs: ``max_batch_size`` random images (N, 3, S, S) and class ids 1..7."""
     encoder = card.component("image_encoder")
     images = rng.random((card.batching.max_batch_size, *encoder.inputs[0].dims), dtype=np.float32)
-    return images, np.arange(1, 8, dtype=np.int64)
+    return images, np.arange(1, PROMPTED_CLASSES + 1, dtype=np.int64)
 
 
 def eager_frame_figures(
@@ -142,7 +162,7 @@ def eager_frame_figures(
     figures: dict[str, float] = {"throughput_batch": len(images)}
     with torch.inference_mode():
         for batch in (1, len(images)):
-            reps = repeats if batch == 1 else max(3, repeats // 3)
+            reps = series_repeats(batch, repeats)
             figures[f"torch_b{batch}_s"] = median_seconds(lambda: frames(batch), reps, warmup, f"eager batch {batch}")
     return figures
 
@@ -163,7 +183,7 @@ def ort_frame_figures(
 
     figures: dict[str, float] = {}
     for batch in (1, len(images)):
-        reps = repeats if batch == 1 else max(3, repeats // 3)
+        reps = series_repeats(batch, repeats)
         figures[f"ort_b{batch}_s"] = median_seconds(lambda: frames(batch), reps, warmup, f"ORT batch {batch}")
     (embedding,) = encode.run(None, {"image": images[:1]})
     figures["prompt_stage_s"] = median_seconds(
@@ -185,9 +205,9 @@ def batch_figures(
     throughput_batch = card.batching.max_batch_size
     figures: dict[str, float] = {"throughput_batch": throughput_batch}
     for batch in (1, throughput_batch):
-        feeds = {t.name: rng.random((batch, *t.dims), dtype=np.float32) for t in card.inputs}
+        feeds = request_feeds(card, rng, rows=batch)
         tensors = [torch.from_numpy(feeds[t.name]) for t in card.inputs]
-        reps = repeats if batch == 1 else max(3, repeats // 3)
+        reps = series_repeats(batch, repeats)
         with torch.inference_mode():
             figures[f"torch_b{batch}_s"] = median_seconds(lambda: network(*tensors), reps, warmup)
         figures[f"ort_b{batch}_s"] = median_seconds(lambda: ort_run(feeds), reps, warmup)
@@ -265,7 +285,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: in
                     infer = lambda batch: ort_run({card.inputs[0].name: batch})[card.outputs[0].name]  # noqa: E731
                     segment_volume(channels, infer, card.sliding_window, card.regions, card.threshold)
 
-                figures["bare_s"] = median_seconds(bare, max(3, repeats // 3), warmup=1)
+                figures["bare_s"] = median_seconds(bare, series_repeats(0, repeats), warmup=1)
                 bare_what = "in-process sliding window on bare ORT"
             elif card.task == "frame_pair":
                 route, files, what = frame_request()

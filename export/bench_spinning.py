@@ -15,23 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bench import ort_runner
-from services.contract import ModelCard, TensorSpec, discover_cards
-
-PROMPTED_CLASSES = 7
-
-
-def request_feeds(card: ModelCard, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One request's inputs: batch 1 of float images, class ids 1..7 for integer inputs."""
-
-    def feed(spec: TensorSpec) -> np.ndarray:
-        shape = (1, *spec.dims) if card.batched else tuple(PROMPTED_CLASSES if d == -1 else d for d in spec.shape)
-        if spec.dtype == "int64":
-            return np.arange(1, int(np.prod(shape)) + 1, dtype=np.int64).reshape(shape)
-        return rng.random(shape, dtype=np.float32)
-
-    return {spec.name: feed(spec) for spec in card.inputs}
-
+from export.bench import ort_runner, request_feeds
+from services.contract import discover_cards
 
 def run_spinning_benchmark(repository: Path, rounds: int = 5, calls: int = 10) -> dict[str, dict[str, float]]:
     """Print and return p50 milliseconds per model with spinning and blocking sessions."""
