@@ -32,7 +32,7 @@ Infer = Callable[[str, Tensors], Awaitable[Tensors]]
 BatchObserver = Callable[[str, int, int], None]  # (graph, calls merged, rows)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: removing a call from the queue must never compare tensors
 class _Call:
     model: str
     inputs: Tensors
@@ -65,6 +65,7 @@ class GraphBatcher:
         self._observe = observe
         self._queue: deque[_Call] = deque()
         self._running = 0
+        self._runs: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     @property
     def queued(self) -> int:
@@ -86,7 +87,9 @@ class GraphBatcher:
             if not batch:
                 return
             self._running += 1
-            asyncio.get_running_loop().create_task(self._execute(batch))
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
 
     def _take_batch(self) -> list[_Call]:
         """The oldest live call and the queued calls that can share its run, removed from the queue."""

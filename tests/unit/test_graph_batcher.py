@@ -178,3 +178,24 @@ def test_several_runs_in_flight_when_allowed() -> None:
         assert observed == [("g", 1, 1), ("g", 1, 1), ("g", 2, 2)]
 
     asyncio.run(scenario())
+
+
+def test_a_call_left_behind_by_the_row_limit_does_not_lose_the_calls_after_it() -> None:
+    """Queue g(3 rows), g(3 rows), g(1 row) behind a busy backend with 4 rows per run: the second
+    call does not fit beside the first, the third does. Taking the third out of the queue must
+    not compare it with the second by value (numpy arrays have no truth value): every call is
+    answered, and the batcher keeps running."""
+
+    async def scenario() -> None:
+        backend, batcher = gated({"g": 4})
+        busy = asyncio.ensure_future(batcher.run("g", rows(0)))
+        await settle()
+        queued = [asyncio.ensure_future(batcher.run("g", rows(*values))) for values in ((1, 2, 3), (4, 5, 6), (7,))]
+        await settle()
+        backend.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(busy, *queued), timeout=5)
+        assert backend.runs == [("g", [0.0]), ("g", [1.0, 2.0, 3.0, 7.0]), ("g", [4.0, 5.0, 6.0])]
+        for values, out in zip(((0,), (1, 2, 3), (4, 5, 6), (7,)), results):
+            np.testing.assert_array_equal(out["y"], rows(*values)["x"] * 2)
+
+    asyncio.run(scenario())
