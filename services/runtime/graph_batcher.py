@@ -8,6 +8,7 @@ runs alone and at once; under load batches fill up by themselves. Nothing is lea
 traffic, so a burst leaves no trace on the next lone call (BentoML's adaptive batcher makes a lone
 call wait about as long as recent calls queued: seconds after a burst).
 
+A call larger than its graph's row limit is split into parts of at most the limit.
 Unbatched graphs (full shapes, SurgicalSAM's prompt stage) are never merged. If a merged run
 fails for any reason but :class:`BackendDown`, each of its calls is run again alone, so one bad
 call cannot fail the others. A call that waited more than ``max_queue_s`` for a slot is refused
@@ -74,8 +75,17 @@ class GraphBatcher:
 
     async def run(self, model: str, inputs: Tensors, batched: bool = True) -> Tensors:
         """Run ``inputs`` (batched: axis 0 = rows) through graph ``model``; return its outputs
-        for exactly these rows. Raises what the backend raised, or Overloaded."""
+        for exactly these rows. A call with more rows than the graph's limit is queued as parts
+        of at most that many rows, so no backend run is larger than the limit (the runtime's
+        memory peak stays bounded). Raises what the backend raised, or Overloaded."""
         rows = len(next(iter(inputs.values()))) if batched else 0
+        limit = self._max_rows.get(model, 0)
+        if limit and rows > limit:
+            parts = await asyncio.gather(
+                *(self.run(model, {name: value[start : start + limit] for name, value in inputs.items()})
+                  for start in range(0, rows, limit))
+            )
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         call = _Call(model, inputs, rows, asyncio.get_running_loop().create_future())
         self._queue.append(call)
         self._start_runs()

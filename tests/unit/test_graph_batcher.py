@@ -199,3 +199,19 @@ def test_a_call_left_behind_by_the_row_limit_does_not_lose_the_calls_after_it() 
             np.testing.assert_array_equal(out["y"], rows(*values)["x"] * 2)
 
     asyncio.run(scenario())
+
+
+def test_a_call_larger_than_the_row_limit_runs_in_parts_of_at_most_the_limit() -> None:
+    """A 120-frame clip sent as one call of 120 rows must not become one backend run of 120 rows
+    (the runtime's memory grows to its largest run and keeps it): parts of at most 4 rows."""
+
+    async def scenario() -> None:
+        backend, batcher = gated({"g": 4})
+        backend.gate.set()
+        values = tuple(float(v) for v in range(10))
+        out = await batcher.run("g", rows(*values))
+        assert [len(run_rows) for _, run_rows in backend.runs] == [4, 4, 2]
+        assert [v for _, run_rows in backend.runs for v in run_rows] == list(values)
+        np.testing.assert_array_equal(out["y"], rows(*values)["x"] * 2)
+
+    asyncio.run(scenario())
