@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -21,6 +23,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")
 _NIFTI2_MAGICS = (b"n+2\x00", b"ni2\x00")
 AFFINE_TOLERANCE_MM = 1e-3
+INFLATE_CHUNK_BYTES = 2**20  # compressed input fed, and inflated output taken, per zlib call
+_HEAD_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header is 348
 
 
 @dataclass(frozen=True)
@@ -37,34 +41,123 @@ class NiftiVolume:
         return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
 
 
-def gunzip_limited(data: bytes, max_bytes: int) -> bytes:
-    """Decompress gzip ``data``: BadInput when corrupt or truncated, PayloadTooLarge past ``max_bytes``."""
+def _inflated_pieces(data: bytes, piece_bytes: int) -> Iterator[bytes]:
+    """Gzip ``data`` inflated in pieces of at most ``piece_bytes``, feeding at most 1 MiB of input per call.
+
+    First gzip member only (bytes after it are ignored, as before). 400 when corrupt or truncated.
+    """
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    view = memoryview(data)
     try:
-        out = inflater.decompress(data, max_bytes + 1)
+        for start in range(0, len(view), INFLATE_CHUNK_BYTES):
+            pending: bytes | memoryview = view[start : start + INFLATE_CHUNK_BYTES]
+            while not inflater.eof:
+                piece = inflater.decompress(pending, piece_bytes)
+                pending = inflater.unconsumed_tail
+                if piece:
+                    yield piece
+                elif not pending:
+                    break  # this input chunk is used up
+            if inflater.eof:
+                return
     except zlib.error:
         raise BadInput("the gzip stream is corrupt") from None
-    if len(out) > max_bytes:
-        raise PayloadTooLarge(f"the decompressed volume exceeds {max_bytes // 2**20} MiB")
-    if not inflater.eof:
-        raise BadInput("the gzip stream is truncated")
-    return out
+    raise BadInput("the gzip stream is truncated")
+
+
+def gunzip_head(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of gzip ``data`` inflated (fewer when the file is shorter); 400 when corrupt or
+    truncated before ``size`` bytes."""
+    head = bytearray()
+    for piece in _inflated_pieces(data, size):
+        head += piece
+        if len(head) >= size:
+            break
+    return bytes(head[:size])
+
+
+def gunzip_limited(data: bytes, max_bytes: int, keep: int | None = None) -> bytes:
+    """Decompress gzip ``data`` in ≤ 1 MiB pieces: BadInput when corrupt or truncated, PayloadTooLarge as soon as
+    more than ``max_bytes`` come out. Only the first ``keep`` bytes (default ``max_bytes``) are kept and returned;
+    the rest is counted against ``max_bytes`` and dropped, so memory stays within ``keep`` + 2 MiB."""
+    keep = max_bytes if keep is None else min(keep, max_bytes)
+    kept: list[bytes] = []
+    kept_bytes = total = 0
+    for piece in _inflated_pieces(data, INFLATE_CHUNK_BYTES):
+        total += len(piece)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"the decompressed volume exceeds {max_bytes // 2**20} MiB")
+        if kept_bytes < keep:
+            kept.append(piece[: keep - kept_bytes])
+            kept_bytes += len(kept[-1])
+    return b"".join(kept)
+
+
+def _nifti_class(head: bytes) -> type[nib.Nifti1Image] | type[nib.Nifti2Image] | None:
+    if len(head) >= 348 and head[344:348] in _NIFTI1_MAGICS:
+        return nib.Nifti1Image
+    if len(head) >= 540 and head[4:8] in _NIFTI2_MAGICS:
+        return nib.Nifti2Image
+    return None
+
+
+def declared_nifti_bytes(head: bytes) -> int | None:
+    """File size in bytes that a single-file NIfTI-1/2 header declares: vox_offset + voxels × itemsize.
+
+    ``head`` is the file's first 540 bytes (or all of a shorter file). None when it is not a NIfTI-1/2 header;
+    400 when dim, datatype or vox_offset are invalid. The header is read with nibabel's own class (endianness
+    guessed as nibabel does when it later reads the file), so the size is what nibabel would allocate.
+    """
+    image_class = _nifti_class(head)
+    if image_class is None:
+        return None
+    header_class = image_class.header_class
+    try:
+        header = header_class(head[: header_class.sizeof_hdr], check=False)
+        ndim = int(header["dim"][0])
+        shape = header.get_data_shape()
+        itemsize = header.get_data_dtype().itemsize
+        offset = header.get_data_offset()
+    except Exception:  # noqa: BLE001 - unknown datatype, NaN vox_offset, inconsistent freesurfer shape
+        raise BadInput("the NIfTI header is malformed") from None
+    if not 1 <= ndim <= 7 or min(shape) < 0 or itemsize == 0 or offset < 0:
+        raise BadInput("the NIfTI header has invalid dimensions, datatype or data offset")
+    return max(offset, header_class.sizeof_hdr + 4) + math.prod(shape) * itemsize
+
+
+def _check_declared(head: bytes, max_bytes: int) -> int | None:
+    """``declared_nifti_bytes(head)``, refused with 413 when over ``max_bytes``, before anything is inflated."""
+    declared = declared_nifti_bytes(head)
+    if declared is not None and declared > max_bytes:
+        raise PayloadTooLarge(
+            f"the NIfTI header declares {declared / 2**20:.1f} MiB, over the {max_bytes // 2**20} MiB limit"
+        )
+    return declared
 
 
 def _image_class(raw: bytes) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
-    if len(raw) >= 348 and raw[344:348] in _NIFTI1_MAGICS:
-        return nib.Nifti1Image
-    if len(raw) >= 540 and raw[4:8] in _NIFTI2_MAGICS:
-        return nib.Nifti2Image
-    raise UnsupportedMediaType("the upload is not a NIfTI-1 or NIfTI-2 single-file image (.nii or .nii.gz)")
+    image_class = _nifti_class(raw)
+    if image_class is None:
+        raise UnsupportedMediaType("the upload is not a NIfTI-1 or NIfTI-2 single-file image (.nii or .nii.gz)")
+    return image_class
 
 
 def read_nifti(data: bytes, max_bytes: int) -> NiftiVolume:
     """Decode ``.nii``/``.nii.gz`` bytes. 415 for other formats, 400 for corrupt or truncated files,
+    413 when the header declares, or the file inflates to, more than ``max_bytes``,
     422 for volumes that are not 3-D or 4-D."""
     if not data:
         raise BadInput("an uploaded NIfTI file is empty")
-    raw = gunzip_limited(data, max_bytes) if data[:2] == _GZIP_MAGIC else bytes(data)
+    if data[:2] == _GZIP_MAGIC:
+        declared = _check_declared(gunzip_head(data, _HEAD_BYTES), max_bytes)
+        # Bytes past the declared size are tolerated (nibabel ignores them in a .nii too) but count against
+        # max_bytes and are not kept. Not NIfTI: keep nothing, still inflate, so 400/413 precede 415 as before.
+        raw = gunzip_limited(data, max_bytes, keep=0 if declared is None else declared)
+    else:
+        raw = bytes(data)
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"the NIfTI file exceeds {max_bytes // 2**20} MiB")
+        _check_declared(raw[:_HEAD_BYTES], max_bytes)
     image_class = _image_class(raw)
     try:
         image = image_class.from_bytes(raw)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from services.codecs.nifti import (
     NiftiVolume,
+    declared_nifti_bytes,
     gunzip_limited,
     label_map_nifti,
     read_nifti,
@@ -191,6 +195,169 @@ def test_non_finite_values_are_unprocessable() -> None:
     data[1, 2, 3] = np.nan
     with pytest.raises(UnprocessableImage):
         read_nifti(_nii_bytes(data), MAX_BYTES)
+
+
+# --- read_nifti: size limits from the header, bounded inflation ---------------------------------
+
+MiB = 2**20
+HEADER_KINDS = [(nib.Nifti1Image, "<"), (nib.Nifti1Image, ">"), (nib.Nifti2Image, "<")]
+HEADER_IDS = ["nifti1-le", "nifti1-be", "nifti2"]
+
+
+def _header_only(
+    shape: tuple[int, ...],
+    image_class: type[nib.Nifti1Image] | type[nib.Nifti2Image] = nib.Nifti1Image,
+    endianness: str = "<",
+    dtype: type = np.float32,
+) -> bytes:
+    """The first vox_offset bytes of a single-file NIfTI declaring ``shape`` × ``dtype``: no voxel data."""
+    header = image_class.header_class(endianness=endianness)
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_data_offset(header.single_vox_offset)
+    head = header.binaryblock + b"\x00" * 4  # no extensions
+    assert len(head) == header.single_vox_offset
+    return head
+
+
+def _gzip_with_zeros(prefix: bytes, zero_bytes: int) -> bytes:
+    """gzip(prefix + ``zero_bytes`` zeros), compressed 1 MiB at a time so the test never holds the inflated file."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(prefix)]
+    zeros = bytes(MiB)
+    for start in range(0, zero_bytes, MiB):
+        parts.append(compressor.compress(zeros[: min(MiB, zero_bytes - start)]))
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def _traced_peak(call: Callable[[], object]) -> int:
+    """Peak bytes Python allocated (tracemalloc, which sees zlib's output buffers) while ``call`` ran."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_gzip_declaring_more_than_the_limit_is_refused_before_inflating() -> None:
+    # 256 × 256 × 512 float32 zeros: a 128 MiB file that gzips to about 130 KB.
+    payload = _gzip_with_zeros(_header_only((256, 256, 512)), 128 * MiB)
+    assert len(payload) < MiB
+
+    refusals: list[PayloadTooLarge] = []
+
+    def refuse() -> None:
+        with pytest.raises(PayloadTooLarge) as caught:
+            read_nifti(payload, 64 * MiB)
+        refusals.append(caught.value)
+
+    # Inflating up to the limit first (the old behaviour) allocates 64 MiB here.
+    assert _traced_peak(refuse) < 8 * MiB
+    assert "128.0 MiB" in refusals[0].message and "64 MiB" in refusals[0].message
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["nii", "nii.gz"])
+@pytest.mark.parametrize(("image_class", "endianness"), HEADER_KINDS, ids=HEADER_IDS)
+def test_header_declaring_more_than_the_limit_is_payload_too_large(
+    image_class: type[nib.Nifti1Image] | type[nib.Nifti2Image], endianness: str, compressed: bool
+) -> None:
+    # Only the header is sent: without the declared-size check nibabel would allocate the 128 MiB, then fail.
+    raw = _header_only((256, 256, 256), image_class, endianness, np.int64)
+    assert declared_nifti_bytes(raw) == len(raw) + 128 * MiB
+    with pytest.raises(PayloadTooLarge):
+        read_nifti(gzip.compress(raw) if compressed else raw, 64 * MiB)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["nii", "nii.gz"])
+@pytest.mark.parametrize(("image_class", "endianness"), HEADER_KINDS, ids=HEADER_IDS)
+def test_file_exactly_at_the_limit_is_accepted_one_byte_over_is_not(
+    image_class: type[nib.Nifti1Image] | type[nib.Nifti2Image], endianness: str, compressed: bool
+) -> None:
+    data = _data((6, 5, 4), seed=4)
+    header = image_class.header_class(endianness=endianness)
+    raw = image_class(data, AFFINE, header=header).to_bytes()
+    assert declared_nifti_bytes(raw[:540]) == len(raw)
+    payload = gzip.compress(raw) if compressed else raw
+    volume = read_nifti(payload, len(raw))
+    np.testing.assert_array_equal(volume.data, data)
+    assert volume.header.endianness == endianness
+    with pytest.raises(PayloadTooLarge):
+        read_nifti(payload, len(raw) - 1)
+
+
+def test_gzip_inflating_past_its_header_and_the_limit_is_refused_in_bounded_memory() -> None:
+    # The header declares 8 × 8 × 8 float32 (2 KiB of voxels); 64 MiB of zeros follow inside the gzip stream.
+    # 413, not 400: bytes past the declared end are tolerated (nibabel ignores them in a .nii, see the next
+    # test), but MEDSEG_MAX_VOLUME_MB bounds the decompressed file, whatever its header says.
+    payload = _gzip_with_zeros(_nii_bytes(_data((8, 8, 8))), 64 * MiB)
+    assert len(payload) < MiB
+
+    def refuse() -> None:
+        with pytest.raises(PayloadTooLarge):
+            read_nifti(payload, 32 * MiB)
+
+    # Only the declared bytes are kept; the excess is counted in 1 MiB pieces. The old code held 32 MiB.
+    assert _traced_peak(refuse) < 8 * MiB
+
+
+def test_trailing_bytes_within_the_limit_are_tolerated_but_not_kept() -> None:
+    data = _data((8, 8, 8), seed=6)
+    raw = _nii_bytes(data)
+    np.testing.assert_array_equal(read_nifti(raw + b"\x00" * 4096, MAX_BYTES).data, data)  # as nibabel does
+    payload = _gzip_with_zeros(raw, 24 * MiB)
+    volumes: list[NiftiVolume] = []
+    assert _traced_peak(lambda: volumes.append(read_nifti(payload, 32 * MiB))) < 8 * MiB
+    np.testing.assert_array_equal(volumes[0].data, data)
+
+
+def test_plain_nii_longer_than_the_limit_is_payload_too_large() -> None:
+    raw = _nii_bytes(_data((8, 8, 8))) + b"\x00" * MiB  # a small declared volume, a long file
+    with pytest.raises(PayloadTooLarge):
+        read_nifti(raw, MiB)
+
+
+def _patched(raw: bytes, fmt: str, offset: int, *values: float) -> bytes:
+    patched = bytearray(raw)
+    struct.pack_into(fmt, patched, offset, *values)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["nii", "nii.gz"])
+@pytest.mark.parametrize(
+    ("fmt", "offset", "values"),
+    [
+        ("<8h", 40, (3, 8, -8, 8, 1, 1, 1, 1)),  # a negative dim
+        ("<h", 40, (0,)),  # dim[0] = 0
+        ("<h", 40, (8,)),  # dim[0] = 8
+        ("<h", 70, (999,)),  # unknown datatype
+        ("<f", 108, (float("nan"),)),  # vox_offset
+        ("<f", 108, (-352.0,)),
+    ],
+    ids=["negative-dim", "ndim-0", "ndim-8", "datatype", "nan-offset", "negative-offset"],
+)
+def test_invalid_header_is_bad_input(fmt: str, offset: int, values: tuple[float, ...], compressed: bool) -> None:
+    raw = _patched(_nii_bytes(_data((8, 8, 8))), fmt, offset, *values)  # nibabel writes little-endian here
+    with pytest.raises(BadInput):
+        read_nifti(gzip.compress(raw) if compressed else raw, MAX_BYTES)
+
+
+def test_only_the_first_gzip_member_is_read() -> None:
+    # As before: a complete file in the first member decodes, later members are ignored; a file split
+    # across members is truncated.
+    data = _data((6, 5, 4), seed=7)
+    raw = _nii_bytes(data)
+    np.testing.assert_array_equal(read_nifti(gzip.compress(raw) + gzip.compress(b"x" * 100), MAX_BYTES).data, data)
+    with pytest.raises(BadInput):
+        read_nifti(gzip.compress(raw[:400]) + gzip.compress(raw[400:]), MAX_BYTES)
+
+
+def test_gunzip_limited_keeps_only_the_first_bytes() -> None:
+    payload = bytes(range(256)) * 16
+    assert gunzip_limited(gzip.compress(payload), len(payload), keep=1000) == payload[:1000]
+    with pytest.raises(PayloadTooLarge):
+        gunzip_limited(gzip.compress(payload), len(payload) - 1, keep=10)
 
 
 # --- stack_channels / split_channels ------------------------------------------------------------
