@@ -70,6 +70,16 @@ class BackendUnavailable(MedsegError):
     status, code = 503, "backend_unavailable"
 
 
+class RequestTimeout(MedsegError):
+    """No response within the request deadline (MEDSEG_REQUEST_TIMEOUT_S); the request's handler
+    was cancelled. 504, not 408: the deadline runs from the request's arrival to the first byte of
+    the answer, as BentoML's does. No Retry-After: the service cannot tell a request too big for
+    the deadline (retrying never helps) from a busy moment (429 and 503 say that, with
+    Retry-After), and graph calls the request had queued may still be running in the worker."""
+
+    status, code = 504, "timeout"
+
+
 class InternalError(MedsegError):
     """Anything unexpected. The message is generic: details go to the log, never to the caller."""
 

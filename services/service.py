@@ -241,7 +241,7 @@ routes_v1 = Starlette(
 @bentoml.service(
     name="medseg",
     workers=1,
-    traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": 64},
+    traffic={"timeout": FrameworkErrors.bentoml_timeout_s(SETTINGS.request_timeout_s), "max_concurrency": 64},
 )
 class Segmenter:
     """Public routes: POST /v1/segment, POST /v1/segment/volume, GET /v1/models, /livez, /readyz, /metrics."""
@@ -308,6 +308,6 @@ class Segmenter:
         return Response(content=body, media_type="image/png", headers=frame_headers(seg))
 
 
+Segmenter.add_asgi_middleware(FrameworkErrors, deadline_s=SETTINGS.request_timeout_s)  # first added: outermost
 Segmenter.add_asgi_middleware(UploadLimit, max_bytes=SETTINGS.max_upload_bytes)
-Segmenter.add_asgi_middleware(FrameworkErrors)
 scrub_client_error_logs()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable
+
+from bentoml.exceptions import BentoMLException
 
 from services.errors import PayloadTooLarge
 
@@ -13,24 +16,36 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(PayloadTooLarge, BentoMLException):
+    """Raised into the route by ``receive`` once a streamed body passes the limit, after the 413
+    has been sent. Typed for both kinds of route, so that neither answers or logs it as a crash:
+    a PayloadTooLarge for ours (services.responses.typed_errors), a 413 BentoMLException for
+    BentoML's (its answer would be a 500 otherwise; the 413 already went out and the route's
+    answer is dropped either way)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE  # not a class attribute: BentoML maps those
 
 
 class UploadLimit:
-    """Checks Content-Length up front and counts streamed (chunked) bodies as they arrive."""
+    """Checks Content-Length up front and counts streamed (chunked) bodies as they arrive. A
+    streamed body is refused the moment it passes the limit, whatever the route then does with
+    the error raised into it."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes // (1024 * 1024)} MiB")
+
     async def _reject(self, send: Send) -> None:
-        error = PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes // (1024 * 1024)} MiB")
-        body = json.dumps(error.to_body()).encode()
+        body = json.dumps(self._error().to_body()).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": error.status,
+                "status": PayloadTooLarge.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
             }
         )
@@ -47,23 +62,28 @@ class UploadLimit:
             return
         received = 0
         started = False
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    if not started and not rejected:
+                        rejected = True
+                        await self._reject(send)
+                    raise _TooLarge(self._error().message)
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the route's answer to the error raised into it: the 413 went out
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
-            if not started:
-                await self._reject(send)
+            pass  # answered with 413 when it was raised (or the route had already answered)
