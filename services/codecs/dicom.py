@@ -23,6 +23,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.codecs.decoded import DecodedImage
+from services.codecs.failures import reraise_process_exit
 from services.errors import BadInput, MedsegError, NotAnImage, UnprocessableImage, UnsupportedTransferSyntax
 
 MAX_FRAMES = 2048
@@ -73,7 +74,8 @@ def read_dataset(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
     quiet_decoders()
     try:
         return pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
-    except Exception:  # noqa: BLE001 - any parser failure is a malformed upload
+    except BaseException as error:  # noqa: BLE001 - any parser failure is a malformed upload
+        reraise_process_exit(error)
         raise BadInput("the DICOM file could not be parsed; it may be truncated or corrupt") from None
 
 
@@ -87,7 +89,8 @@ def decode_dicom(data: bytes) -> DecodedImage:
         raise
     except MemoryError:
         raise UnprocessableImage("the DICOM image is too large to decode") from None
-    except Exception:  # noqa: BLE001 - pydicom raises many types on malformed data
+    except BaseException as error:  # noqa: BLE001 - pydicom raises many types on malformed data
+        reraise_process_exit(error)
         raise BadInput("the DICOM file is malformed and could not be decoded") from None
 
 
@@ -271,7 +274,8 @@ def _decode_pixels(ds: Dataset, syntax: UID, layout: _Layout) -> tuple[np.ndarra
         array, meta = get_decoder(syntax).as_array(ds, as_rgb=True)
     except MemoryError:
         raise UnprocessableImage("the DICOM image is too large to decode") from None
-    except Exception:  # noqa: BLE001 - every decoder failure means unusable pixel data
+    except BaseException as error:  # noqa: BLE001 - every decoder failure (Rust panics too) means unusable pixel data
+        reraise_process_exit(error)
         raise BadInput("the DICOM pixel data could not be decoded; it may be truncated or corrupt") from None
     shape = (layout.frames, layout.rows, layout.cols) + ((3,) if layout.samples == 3 else ())
     if array.size != math.prod(shape):

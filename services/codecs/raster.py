@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.codecs.decoded import DecodedImage
 from services.codecs.dicom import quiet_decoders
+from services.codecs.failures import reraise_process_exit
 from services.errors import BadInput, MedsegError, UnprocessableImage
 
 MAX_PIXELS = 100_000_000  # width × height
@@ -38,7 +39,8 @@ def decode_raster(data: bytes) -> DecodedImage:
         raise UnprocessableImage("the image is too large to decode") from None
     except UnidentifiedImageError:
         raise BadInput("the upload is not a readable PNG or JPEG image") from None
-    except Exception:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on bad data
+    except BaseException as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on bad data
+        reraise_process_exit(error)
         raise BadInput("the PNG/JPEG image is truncated or corrupt and could not be decoded") from None
     return DecodedImage(
         pixels=pixels,
