@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ from services.postprocess import label_statistics, rle_encode
 from services.render import display_frames, overlay, png_bytes, tile_frames
 
 OUTPUT_KINDS = ("png", "json", "overlay")
+# Runs a decoding function of untrusted bytes, ``function(*args)``, away from the event loop and
+# within a time budget (DecoderPool.run in the service).
+DecodeRunner = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ async def segment_upload(
     data: bytes,
     card: ModelCard,
     run_graph: GraphRunner,
+    decoding: DecodeRunner,
     max_batch: int,
     reference: bytes | None = None,
     threshold: float | None = None,
@@ -61,10 +66,12 @@ async def segment_upload(
     if reference is not None and card.task != "frame_pair":
         raise BadInput(f"'reference' applies to frame-pair models; {card.name!r} is {card.task}")
     if card.task == "frame_pair":
-        return await segment_frame_pair(data, reference, card, run_graph, check_threshold(threshold, card.threshold))
+        threshold = check_threshold(threshold, card.threshold)
+        return await segment_frame_pair(data, reference, card, run_graph, decoding, threshold)
     if card.task == "class_prompted":
         chosen = parse_classes(classes, card)
-        return await segment_class_prompted(data, chosen, card, run_graph, check_threshold(threshold, card.threshold))
+        threshold = check_threshold(threshold, card.threshold)
+        return await segment_class_prompted(data, chosen, card, run_graph, decoding, threshold)
     if threshold is not None:
         raise BadInput(f"'threshold' applies to sigmoid models; {card.name!r} is {card.task}")
 
@@ -72,18 +79,19 @@ async def segment_upload(
         outputs = await run_graph(card.name, {card.inputs[0].name: tensors})
         return outputs[card.outputs[0].name]
 
-    return await segment_image(data, card, run, max_batch)
+    return await segment_image(data, card, run, decoding, max_batch)
 
 
 async def segment_frame_pair(
-    data: bytes, reference: bytes | None, card: ModelCard, run_graph: GraphRunner, threshold: float
+    data: bytes, reference: bytes | None, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner,
+    threshold: float,
 ) -> Segmentation:
     """Every frame of the upload against the reference upload's frame (or itself when none)."""
-    image = await anyio.to_thread.run_sync(decode, data)
+    image = await decoding(decode, data)
     anchors = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
     prepared_reference = None
     if reference is not None:
-        reference_image = await anyio.to_thread.run_sync(decode, reference)
+        reference_image = await decoding(decode, reference)
         prepared_reference = await anyio.to_thread.run_sync(prepare_rgb_frames, reference_image, card)
     labels = await pair_labels(anchors, prepared_reference, card, run_graph, threshold)
     details = {"threshold": threshold, "reference": "provided" if reference is not None else "self"}
@@ -91,11 +99,12 @@ async def segment_frame_pair(
 
 
 async def segment_class_prompted(
-    data: bytes, classes: tuple[int, ...] | None, card: ModelCard, run_graph: GraphRunner, threshold: float
+    data: bytes, classes: tuple[int, ...] | None, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner,
+    threshold: float,
 ) -> Segmentation:
     """Every frame of the upload with the requested classes prompted (all of them when ``classes``
     is None); per-class masks and predicted IoU go to the json output."""
-    image = await anyio.to_thread.run_sync(decode, data)
+    image = await decoding(decode, data)
     frames = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
     class_ids = classes or promptable_classes(card)
     results = await prompt_frames(frames, class_ids, card, run_graph, threshold)
@@ -128,11 +137,13 @@ def class_masks_json(results: list[ClassMasks], card: ModelCard) -> list[dict[st
     return entries
 
 
-async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, max_batch: int) -> Segmentation:
+async def segment_image(
+    data: bytes, card: ModelCard, run: SliceRunner, decoding: DecodeRunner, max_batch: int
+) -> Segmentation:
     """Decode an upload (DICOM / PNG / JPEG), run every frame, return label maps in the source grid."""
     if card.task != "image2d":
         raise UnprocessableImage(f"model {card.name!r} ({card.task}) does not take single images; use POST /v1/segment/volume")
-    image = await anyio.to_thread.run_sync(decode, data)
+    image = await decoding(decode, data)
     prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
     logits = await run_in_chunks(prepared.tensors, run, max_batch)
     labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)

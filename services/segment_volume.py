@@ -11,7 +11,7 @@ import numpy as np
 from services.codecs.nifti import NiftiVolume, read_nifti, split_channels, stack_channels
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
-from services.segment import provenance
+from services.segment import DecodeRunner, provenance
 from services.pipelines.volume3d import PatchRunner, labels_from_regions, sliding_window_async, zscore_over_foreground
 
 VOLUME_OUTPUT_KINDS = ("nifti", "json")
@@ -66,12 +66,13 @@ def channels_from_uploads(uploads: dict[str, bytes], card: ModelCard, max_bytes:
 
 
 async def segment_volume_uploads(
-    uploads: dict[str, bytes], card: ModelCard, run: PatchRunner, max_bytes: int, parallel_batches: int
+    uploads: dict[str, bytes], card: ModelCard, run: PatchRunner, decoding: DecodeRunner, max_bytes: int,
+    parallel_batches: int,
 ) -> VolumeSegmentation:
     """Decode, z-score, sliding-window inference, threshold and paint the labels (``card.regions``)."""
     check_volume_model(card)
     assert card.sliding_window is not None
-    channels, reference = await anyio.to_thread.run_sync(channels_from_uploads, uploads, card, max_bytes)
+    channels, reference = await decoding(channels_from_uploads, uploads, card, max_bytes)
     if channels.shape[0] != card.preprocessing.channels:
         raise UnprocessableImage(f"model {card.name!r} takes {card.preprocessing.channels} channels")
     normalised = await anyio.to_thread.run_sync(zscore_over_foreground, channels)

@@ -26,10 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMediaType
 from services.framework_errors import FrameworkErrors, scrub_client_error_logs
+from services.memory import limit_malloc_arenas
 from services.responses import typed_errors
 from services.runtime import BackendDown, InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher
@@ -48,6 +50,7 @@ from services.worker_calls import call_worker
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
+limit_malloc_arenas()  # before the thread pools start: see services.memory
 
 
 def make_backend() -> InferenceBackend:
@@ -220,10 +223,12 @@ async def segment_volume(request: Request) -> Response:
     async def run(patches: np.ndarray) -> np.ndarray:
         return await service.run_single(card, patches)
 
-    seg = await segment_volume_uploads(uploads, card, run, SETTINGS.max_volume_bytes, parallel_batches=2)
+    seg = await segment_volume_uploads(
+        uploads, card, run, service.decoders.run, SETTINGS.max_volume_bytes, parallel_batches=2
+    )
     headers = {"X-Medseg-Model": card.name, "X-Medseg-Model-Version": card.version}
     if output == "json":
-        return JSONResponse(volume_json(seg), headers=headers)
+        return await anyio.to_thread.run_sync(lambda: JSONResponse(volume_json(seg), headers=headers))
     body = await anyio.to_thread.run_sync(label_map_nifti, seg.labels, seg.reference)
     headers["Content-Disposition"] = 'attachment; filename="labels.nii.gz"'
     return Response(content=body, media_type="application/gzip", headers=headers)
@@ -251,10 +256,15 @@ class Segmenter:
     def __init__(self) -> None:
         self.cards = discover_cards(SETTINGS.repository)
         self.unbatched_graphs = frozenset().union(*(card.unbatched_graphs() for card in self.cards.values()))
+        self.decoders = DecoderPool(SETTINGS.decode_workers, SETTINGS.decode_budget_s, SETTINGS.decode_memory_bytes)
         log.info("serving %s from %s", ", ".join(self.cards) or "no model", SETTINGS.repository)
 
     def __is_ready__(self) -> bool:
         return bool(self.cards)
+
+    @bentoml.on_shutdown
+    def stop_decoders(self) -> None:
+        self.decoders.close()
 
     def card(self, model: str) -> ModelCard:
         if not model:
@@ -299,12 +309,14 @@ class Segmenter:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None
         seg = await segment_upload(
-            data, card, self.run_graph, SETTINGS.max_batch_size, reference_data, threshold,
+            data, card, self.run_graph, self.decoders.run, SETTINGS.max_batch_size, reference_data, threshold,
             None if classes is None else str(classes),
         )
+        # Encoding a 120-frame answer takes seconds: off the event loop, which serves every request.
         if output == "json":
-            return JSONResponse(segmentation_json(seg), headers=frame_headers(seg))
-        body = segmentation_png(seg) if output == "png" else segmentation_overlay(seg)
+            return await anyio.to_thread.run_sync(lambda: JSONResponse(segmentation_json(seg), headers=frame_headers(seg)))
+        render = segmentation_png if output == "png" else segmentation_overlay
+        body = await anyio.to_thread.run_sync(render, seg)
         return Response(content=body, media_type="image/png", headers=frame_headers(seg))
 
 

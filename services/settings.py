@@ -19,6 +19,9 @@ class Settings:
     max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: slices of one multi-frame image sent per graph call
     max_queue_ms: int  # MEDSEG_MAX_QUEUE_MS: a graph call queued longer than this is refused (429)
     request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
+    decode_workers: int = 2  # MEDSEG_DECODE_WORKERS: processes that decode uploads (DecoderPool)
+    decode_budget_s: float = 10.0  # MEDSEG_DECODE_BUDGET_S: one decode stopped past this (422)
+    decode_memory_bytes: int = 4 << 30  # MEDSEG_DECODE_MEMORY_MB: address space of one decoder process
     triton_urls: tuple[str, ...] = ()  # TRITON_URLS: comma-separated host:grpc_port of the Triton servers
     triton_timeout_s: float = 60.0  # MEDSEG_TRITON_TIMEOUT_S: per inference call, end to end
 
@@ -37,6 +40,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
         max_queue_ms=int(env.get("MEDSEG_MAX_QUEUE_MS", "20000")),
         request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
+        decode_workers=int(env.get("MEDSEG_DECODE_WORKERS", str(min(4, os.cpu_count() or 1)))),
+        decode_budget_s=float(env.get("MEDSEG_DECODE_BUDGET_S", "10")),
+        decode_memory_bytes=int(float(env.get("MEDSEG_DECODE_MEMORY_MB", "4096")) * 1024 * 1024),
         triton_urls=tuple(u.strip() for u in env.get("TRITON_URLS", "127.0.0.1:8001").split(",") if u.strip()),
         triton_timeout_s=float(env.get("MEDSEG_TRITON_TIMEOUT_S", "60")),
     )
