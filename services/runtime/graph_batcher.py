@@ -133,6 +133,16 @@ class GraphBatcher:
             live = [call for call in batch if not call.future.done()]
             if live:
                 await self._run_batch(live)
+        except asyncio.CancelledError:
+            for call in batch:
+                call.future.cancel()
+            raise
+        except BaseException as error:  # noqa: BLE001 - no caller may be left waiting for its answer
+            failure = error if isinstance(error, Exception) else RuntimeError(f"the back end failed ({type(error).__name__})")
+            for call in batch:
+                _settle(call.future, error=failure)
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
         finally:
             self._running -= 1
             self._start_runs()

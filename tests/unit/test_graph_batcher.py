@@ -215,3 +215,22 @@ def test_a_call_larger_than_the_row_limit_runs_in_parts_of_at_most_the_limit() -
         np.testing.assert_array_equal(out["y"], rows(*values)["x"] * 2)
 
     asyncio.run(scenario())
+
+
+class BackendPanic(BaseException):
+    """A failure that is not an Exception (pyo3's PanicException is one)."""
+
+
+def test_a_run_failing_with_a_base_exception_answers_its_callers_and_the_batcher_goes_on() -> None:
+    async def scenario() -> None:
+        backend, batcher = gated({"g": 8})
+        backend.gate.set()
+        backend.error = BackendPanic("index out of bounds")  # type: ignore[assignment]
+        call = asyncio.ensure_future(batcher.run("g", rows(1)))
+        with pytest.raises(RuntimeError, match="BackendPanic"):
+            await asyncio.wait_for(call, timeout=5)
+        backend.error = None
+        out = await asyncio.wait_for(batcher.run("g", rows(2)), timeout=5)
+        np.testing.assert_array_equal(out["y"], rows(4)["x"])
+
+    asyncio.run(scenario())
