@@ -35,13 +35,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(service: LocalService, timeout_s: float) -> None:
+def _wait_ready(service: LocalService, timeout_s: float, ready_path: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             raise RuntimeError(f"bentoml serve exited with {service.process.returncode}:\n{service.log_text()[-4000:]}")
         try:
-            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{service.url}{ready_path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -64,9 +64,15 @@ def stop_process_group(process: subprocess.Popen, kill: bool = False, grace_s: f
 
 @contextmanager
 def local_service(
-    repository: Path, workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300
+    repository: Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 300,
+    target: str = SERVICE,
+    ready_path: str = "/readyz",
 ) -> Iterator[LocalService]:
-    """``bentoml serve`` of ``repository`` (embedded backend) until the block exits; logs in ``workdir``."""
+    """``bentoml serve target`` of ``repository`` (embedded backend) until the block exits, once
+    ``ready_path`` answers 200; logs in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "serve.log"
     port = free_port()
@@ -81,7 +87,7 @@ def local_service(
     bentoml = Path(sys.executable).with_name("bentoml")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=full_env,
             stdout=log,
@@ -90,7 +96,7 @@ def local_service(
         )
     service = LocalService(f"http://127.0.0.1:{port}", log_path, process)
     try:
-        _wait_ready(service, ready_timeout_s)
+        _wait_ready(service, ready_timeout_s, ready_path)
         yield service
     finally:
         stop_process_group(process)

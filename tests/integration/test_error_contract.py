@@ -12,14 +12,11 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import ContextManager
 
 import bentoml
 import httpx
@@ -31,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from clients.local_service import ROOT, LocalService, free_port, local_service, stop_process_group
+from clients.local_service import ROOT, LocalService, free_port, local_service
 from services.errors import InternalError
 from services.framework_errors import BENTOML_TIMEOUT_MARGIN_S, FrameworkErrors
 from tests.fixtures.dicom_writer import write_multiframe
@@ -85,43 +82,9 @@ class ErrorProbe:
 ErrorProbe.add_asgi_middleware(FrameworkErrors, deadline_s=PROBE_DEADLINE_S)
 
 
-@contextmanager
-def serve(
-    target: str, workdir: Path, env: dict[str, str], ready_path: str, timeout_s: float = 300
-) -> Iterator[LocalService]:
+def serve(target: str, workdir: Path, env: dict[str, str], ready_path: str) -> ContextManager[LocalService]:
     """``bentoml serve target`` until the block exits, started once ``ready_path`` answers 200."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "MEDSEG_BACKEND": "embedded",
-        "MEDSEG_MODEL_REPOSITORY": str(REPOSITORY),
-        "BENTOML_HOME": str(workdir / "bentoml-home"),
-        "PYTHONUNBUFFERED": "1",
-        **env,
-    }
-    log_path = workdir / "serve.log"
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(bentoml_cli), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    service = LocalService(f"http://127.0.0.1:{port}", log_path, process)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert process.poll() is None, service.log_text()[-4000:]
-            assert time.monotonic() < deadline, service.log_text()[-4000:]
-            try:
-                if httpx.get(f"{service.url}{ready_path}", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield service
-    finally:
-        stop_process_group(process)
+    return local_service(REPOSITORY, workdir, env=env, target=target, ready_path=ready_path)
 
 
 def png_of(array: np.ndarray) -> bytes:
