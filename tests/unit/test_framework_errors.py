@@ -311,10 +311,8 @@ def test_a_route_that_returns_without_a_complete_answer_gets_the_contract_500() 
         assert (status, json.loads(body)["error"]) == (500, "internal_error")
 
 
-def test_past_the_deadline_the_contract_504_goes_out_at_once_and_the_route_is_cancelled(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    cancelled = []
+def sleeper(cancelled: list[bool]):  # noqa: ANN201 - a Starlette endpoint
+    """A route that sleeps 30 s and records in ``cancelled`` that it was cancelled."""
 
     async def slow(request: Request) -> Response:
         try:
@@ -323,6 +321,15 @@ def test_past_the_deadline_the_contract_504_goes_out_at_once_and_the_route_is_ca
             cancelled.append(True)
             raise
         return JSONResponse({"late": True})
+
+    return slow
+
+
+def test_past_the_deadline_the_contract_504_goes_out_at_once_and_the_route_is_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cancelled: list[bool] = []
+    slow = sleeper(cancelled)
 
     with caplog.at_level(logging.WARNING, logger="medseg.api"):
         sent = run(bentoml_stack(routes_app(Route("/x", slow, methods=["POST"]))))
@@ -384,15 +391,8 @@ def test_a_process_exit_is_answered_and_not_swallowed(exit_kind: type[BaseExcept
 
 def test_cancelled_from_outside_the_route_is_cancelled_and_nothing_is_answered() -> None:
     """BentoML's own timeout (the backstop) or a shutdown: the answer is theirs to give."""
-    cancelled = []
-
-    async def slow(request: Request) -> Response:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return JSONResponse({})
+    cancelled: list[bool] = []
+    slow = sleeper(cancelled)
 
     async def scenario() -> list:
         sent: list = []
