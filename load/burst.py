@@ -219,6 +219,8 @@ def run_bursts(
 ) -> list[BurstReport]:
     """``bursts`` identical bursts (same uploads each time); memory sampled ``settle_s`` after each."""
     uploads = burst_uploads(corpus_files(), count, seed)
+    if service_pid is not None:
+        print(f"before the first burst: rss_mb {json.dumps(service_rss_mb(service_pid))}", file=sys.stderr, flush=True)
     reports = []
     for index in range(bursts):
         outcomes, wall_s = asyncio.run(post_all(url, uploads, concurrency, timeout_s))
