@@ -70,9 +70,10 @@ def local_service(
     ready_timeout_s: float = 300,
     target: str = SERVICE,
     ready_path: str = "/readyz",
+    cwd: Path = ROOT,
 ) -> Iterator[LocalService]:
     """``bentoml serve target`` of ``repository`` (embedded backend) until the block exits, once
-    ``ready_path`` answers 200; logs in ``workdir``."""
+    ``ready_path`` answers 200; logs in ``workdir``. ``cwd``: the checkout whose code is served."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "serve.log"
     port = free_port()
@@ -88,7 +89,7 @@ def local_service(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
