@@ -30,12 +30,12 @@ from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMediaType
-from services.framework_errors import FrameworkErrors, scrub_client_error_logs
+from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.memory import limit_malloc_arenas
-from services.responses import typed_errors
+from services.http.responses import typed_errors
 from services.runtime import BackendDown, InferenceBackend
-from services.runtime.graph_batcher import BatchObserver, GraphBatcher
-from services.segment import (
+from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
+from services.usecases.segment import (
     check_output_kind,
     frame_headers,
     segment_upload,
@@ -43,10 +43,10 @@ from services.segment import (
     segmentation_overlay,
     segmentation_png,
 )
-from services.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
+from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 from services.settings import load_settings
-from services.upload_limit import UploadLimit
-from services.worker_calls import call_worker
+from services.http.upload_limit import UploadLimit
+from services.http.worker_calls import call_worker
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
@@ -82,11 +82,6 @@ class GraphResult(BaseModel):
     """The outputs of one call by tensor name (the call's rows only, for a batched graph)."""
 
     outputs: dict[str, Tensor]
-
-
-def batch_limits(cards: dict[str, ModelCard]) -> dict[str, int]:
-    """Rows per merged run, by graph: the model's max_batch_size (its Triton config's)."""
-    return {graph: card.batching.max_batch_size for card in cards.values() for graph in card.graphs()}
 
 
 def batch_observer() -> BatchObserver:
@@ -129,7 +124,7 @@ class InferenceWorker:
         in_flight = 1 if SETTINGS.backend == "embedded" else len(SETTINGS.triton_urls)
         self.batcher = GraphBatcher(
             self.backend.infer,
-            batch_limits(self.backend.cards),
+            row_limits(self.backend.cards),
             max_in_flight=in_flight,
             max_queue_s=SETTINGS.max_queue_ms / 1000,
             observe=batch_observer(),
@@ -309,7 +304,7 @@ class Segmenter:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None
         seg = await segment_upload(
-            data, card, self.run_graph, self.decoders.run, SETTINGS.max_batch_size, reference_data, threshold,
+            data, card, self.run_graph, self.decoders.run, reference_data, threshold,
             None if classes is None else str(classes),
         )
         # Encoding a 120-frame answer takes seconds: off the event loop, which serves every request.

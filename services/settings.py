@@ -16,7 +16,6 @@ class Settings:
     max_upload_bytes: int  # MEDSEG_MAX_UPLOAD_MB: larger request bodies get 413
     max_volume_bytes: int  # MEDSEG_MAX_VOLUME_MB: a NIfTI file larger than this once decompressed gets 413
     ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
-    max_batch_size: int  # MEDSEG_MAX_BATCH_SIZE: slices of one multi-frame image sent per graph call
     max_queue_ms: int  # MEDSEG_MAX_QUEUE_MS: a graph call queued longer than this is refused (429)
     request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
     decode_workers: int = 2  # MEDSEG_DECODE_WORKERS: processes that decode uploads (DecoderPool)
@@ -37,7 +36,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_upload_bytes=int(float(env.get("MEDSEG_MAX_UPLOAD_MB", "256")) * 1024 * 1024),
         max_volume_bytes=int(float(env.get("MEDSEG_MAX_VOLUME_MB", "1024")) * 1024 * 1024),
         ort_threads=int(env.get("MEDSEG_ORT_THREADS", "0")),
-        max_batch_size=int(env.get("MEDSEG_MAX_BATCH_SIZE", "8")),
         max_queue_ms=int(env.get("MEDSEG_MAX_QUEUE_MS", "20000")),
         request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
         decode_workers=int(env.get("MEDSEG_DECODE_WORKERS", str(min(4, os.cpu_count() or 1)))),

@@ -40,7 +40,7 @@ log = logging.getLogger("medseg.decode")
 T = TypeVar("T")
 
 # Imported once in the forkserver, so that every decoder process starts with them loaded.
-PRELOADED = ["numpy", "pydicom", "pydicom.pixels", "PIL.Image", "nibabel", "services.codecs", "services.segment_volume"]
+PRELOADED = ["numpy", "pydicom", "pydicom.pixels", "PIL.Image", "nibabel", "services.codecs", "services.usecases.segment_volume"]
 
 
 class DecodeFailed(Exception):

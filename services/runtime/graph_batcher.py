@@ -25,12 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.contract import ModelCard
 from services.errors import Overloaded
 from services.runtime import BackendDown
 
 Tensors = dict[str, np.ndarray]
 Infer = Callable[[str, Tensors], Awaitable[Tensors]]
 BatchObserver = Callable[[str, int, int], None]  # (graph, calls merged, rows)
+
+
+def row_limits(cards: Mapping[str, ModelCard]) -> dict[str, int]:
+    """Rows per backend run, by graph: the card's ``batching.max_batch_size`` (its Triton config's
+    ``max_batch_size``). The one place a row limit comes from: the batcher splits and merges to
+    it, so no back end sees more rows in one call."""
+    return {graph: card.batching.max_batch_size for card in cards.values() for graph in card.graphs()}
 
 
 @dataclass(eq=False)  # identity: removing a call from the queue must never compare tensors

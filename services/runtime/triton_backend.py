@@ -61,13 +61,6 @@ class TritonBackend:
             for card in self.cards.values()
             for name, outputs in _graph_outputs(card).items()
         }
-        # Triton refuses batches over a graph's max_batch_size; the API's batcher may merge more rows.
-        self.max_rows = {
-            graph: card.batching.max_batch_size
-            for card in self.cards.values()
-            for graph in card.graphs()
-            if graph not in card.unbatched_graphs()
-        }
         self.pool = ServerPool(urls)
         self.timeout_s = timeout_s
         self.attempts = attempts
@@ -118,22 +111,12 @@ class TritonBackend:
     # --------------------------------------------------------------- inference
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one graph (batched inputs, axis 0) in calls of at most the graph's max_batch_size
-        rows, concurrently; outputs concatenated back in order."""
+        """Run one graph (batched inputs, axis 0; at most the graph's max_batch_size rows, which
+        the worker's GraphBatcher guarantees) on the next healthy server."""
         if model not in self.outputs:
             raise ModelNotFound(f"model {model!r} is not served")
         await self.start()
-        limit = self.max_rows.get(model)
-        rows = len(next(iter(inputs.values())))
-        if limit is None or rows <= limit:
-            return await self._infer_with_failover(model, inputs)
-        parts = await asyncio.gather(
-            *(
-                self._infer_with_failover(model, {k: v[i : i + limit] for k, v in inputs.items()})
-                for i in range(0, rows, limit)
-            )
-        )
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return await self._infer_with_failover(model, inputs)
 
     async def _infer_with_failover(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call on the next healthy server; fail over on transport errors and timeouts."""

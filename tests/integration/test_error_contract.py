@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from clients.local_service import ROOT, LocalService, free_port, local_service
 from services.errors import InternalError
-from services.framework_errors import BENTOML_TIMEOUT_MARGIN_S, FrameworkErrors
+from services.http.framework_errors import BENTOML_TIMEOUT_MARGIN_S, FrameworkErrors
 from tests.fixtures.dicom_writer import write_multiframe
 
 pytestmark = pytest.mark.integration

@@ -35,6 +35,7 @@ from export.specs import get_spec
 from export.triton_config import graph_config, parse_config
 from services.contract import discover_cards
 from services.runtime.ort_backend import OrtBackend
+from services.runtime.graph_batcher import GraphBatcher, row_limits
 from services.runtime.triton_backend import TritonBackend
 
 pytestmark = pytest.mark.integration
@@ -92,13 +93,15 @@ def test_every_graph_agrees_with_embedded_within_1e5(triton: TritonServer) -> No
 
     async def compare() -> None:
         backend = TritonBackend(REPOSITORY, [triton.grpc_url])
+        cards = discover_cards(REPOSITORY)
+        batcher = GraphBatcher(backend.infer, row_limits(cards))  # as in the inference worker
         try:
-            for card in discover_cards(REPOSITORY).values():
+            for card in cards.values():
                 for graph, (_, inputs) in card.graphs().items():
-                    # one row more than Triton takes per call: the back end must split it
+                    # one row more than Triton takes per call: the worker's batcher must split it
                     feeds = random_feeds(inputs, rng, card.batching.max_batch_size + 1)
                     want = await embedded.infer(graph, feeds)
-                    got = await backend.infer(graph, feeds)
+                    got = await batcher.run(graph, feeds, batched=graph not in card.unbatched_graphs())
                     assert set(got) == set(want), graph
                     for name in want:
                         assert got[name].shape == want[name].shape

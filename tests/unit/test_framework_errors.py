@@ -26,9 +26,9 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp
 
 from services.errors import InternalError
-from services.upload_limit import UploadLimit
+from services.http.upload_limit import UploadLimit
 
-from services.framework_errors import (
+from services.http.framework_errors import (
     BENTOML_HTTP_LOGGER,
     FrameworkErrors,
     ClientErrorLogScrubber,

@@ -43,3 +43,14 @@ def test_loading_the_service_pulls_in_neither_torch_nor_export() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SERVICES.parent, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_use_cases_and_pipelines_do_not_import_the_web_framework() -> None:
+    """Use cases and pipelines are plain functions: BentoML and Starlette stay in service.py and http/."""
+    framework = {"bentoml", "starlette", "_bentoml_sdk", "_bentoml_impl"}
+    offenders = {
+        str(path.relative_to(SERVICES.parent)): sorted(_imported_roots(path) & framework)
+        for room in ("usecases", "pipelines", "codecs", "runtime")
+        for path in (SERVICES / room).rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -10,7 +10,7 @@ import pytest
 from bentoml.exceptions import BentoMLException
 
 from services.errors import BackendUnavailable, Overloaded
-from services.worker_calls import call_worker
+from services.http.worker_calls import call_worker
 
 
 class Flaky:

@@ -11,7 +11,7 @@ import numpy as np
 from services.codecs.nifti import NiftiVolume, read_nifti, split_channels, stack_channels
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
-from services.segment import DecodeRunner, provenance
+from services.usecases.segment import DecodeRunner, provenance
 from services.pipelines.volume3d import PatchRunner, labels_from_regions, sliding_window_async, zscore_over_foreground
 
 VOLUME_OUTPUT_KINDS = ("nifti", "json")

@@ -51,8 +51,8 @@ from services.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from services.responses import error_response
-from services.upload_limit import Message, Receive, Scope, Send
+from services.http.responses import error_response
+from services.http.upload_limit import Message, Receive, Scope, Send
 
 log = logging.getLogger("medseg.api")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from services.pipelines.ensemble import GraphRunner
 from services.pipelines.frame_pair import check_threshold, pair_labels, prepare_rgb_frames
 from services.pipelines.image2d import SliceRunner, labels_from_logits, prepare_frames
 from services.postprocess import label_statistics, rle_encode
-from services.render import display_frames, overlay, png_bytes, tile_frames
+from services.codecs.render import display_frames, overlay, png_bytes, tile_frames
 
 OUTPUT_KINDS = ("png", "json", "overlay")
 # Runs a decoding function of untrusted bytes, ``function(*args)``, away from the event loop and
@@ -42,19 +41,11 @@ def check_output_kind(output: str) -> str:
     return output
 
 
-async def run_in_chunks(tensors: np.ndarray, run: SliceRunner, chunk: int) -> np.ndarray:
-    """Run (N, C, H, W) through ``run`` in concurrent chunks of at most ``chunk`` slices."""
-    parts = [tensors[i : i + chunk] for i in range(0, len(tensors), chunk)]
-    results = await asyncio.gather(*(run(part) for part in parts))
-    return np.concatenate(results)
-
-
 async def segment_upload(
     data: bytes,
     card: ModelCard,
     run_graph: GraphRunner,
     decoding: DecodeRunner,
-    max_batch: int,
     reference: bytes | None = None,
     threshold: float | None = None,
     classes: str | None = None,
@@ -79,7 +70,7 @@ async def segment_upload(
         outputs = await run_graph(card.name, {card.inputs[0].name: tensors})
         return outputs[card.outputs[0].name]
 
-    return await segment_image(data, card, run, decoding, max_batch)
+    return await segment_image(data, card, run, decoding)
 
 
 async def segment_frame_pair(
@@ -137,15 +128,13 @@ def class_masks_json(results: list[ClassMasks], card: ModelCard) -> list[dict[st
     return entries
 
 
-async def segment_image(
-    data: bytes, card: ModelCard, run: SliceRunner, decoding: DecodeRunner, max_batch: int
-) -> Segmentation:
+async def segment_image(data: bytes, card: ModelCard, run: SliceRunner, decoding: DecodeRunner) -> Segmentation:
     """Decode an upload (DICOM / PNG / JPEG), run every frame, return label maps in the source grid."""
     if card.task != "image2d":
         raise UnprocessableImage(f"model {card.name!r} ({card.task}) does not take single images; use POST /v1/segment/volume")
     image = await decoding(decode, data)
     prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
-    logits = await run_in_chunks(prepared.tensors, run, max_batch)
+    logits = await run(prepared.tensors)  # every frame in one call: the worker's batcher splits it
     labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)
     return Segmentation(image, labels, card)
 
