@@ -33,6 +33,7 @@ from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMedi
 from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.memory import limit_malloc_arenas
 from services.http.responses import typed_errors
+from services.pipelines.base import FrameRequest
 from services.runtime import BackendDown, InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
 from services.usecases.segment import (
@@ -303,10 +304,8 @@ class Segmenter:
         if len(reference) > 1:
             raise BadInput("send at most one 'reference' file")
         reference_data = reference[0].read_bytes() if reference else None
-        seg = await segment_upload(
-            data, card, self.run_graph, self.decoders.run, reference_data, threshold,
-            None if classes is None else str(classes),
-        )
+        request = FrameRequest(data, reference_data, threshold, None if classes is None else str(classes))
+        seg = await segment_upload(request, card, self.run_graph, self.decoders.run)
         # Encoding a 120-frame answer takes seconds: off the event loop, which serves every request.
         if output == "json":
             return await anyio.to_thread.run_sync(lambda: JSONResponse(segmentation_json(seg), headers=frame_headers(seg)))

@@ -12,16 +12,27 @@ where masks overlap (SurgicalSAM's merge).
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import anyio
 import numpy as np
 
+from services.codecs import decode
 from services.contract import ModelCard
 from services.errors import BadInput
+from services.pipelines.base import (
+    DecodeRunner,
+    FrameRequest,
+    PreparedFrames,
+    Segmentation,
+    check_threshold,
+    logit_cut,
+    prepare_rgb_frames,
+)
 from services.pipelines.ensemble import GraphRunner, run_ensemble
-from services.pipelines.frame_pair import PreparedRgb
+from services.postprocess import rle_encode
 from services.preprocess import Letterbox, resize_maps, unletterbox
 
 
@@ -84,14 +95,13 @@ def frame_class_masks(
     low_res_logits: np.ndarray, predicted_iou: np.ndarray, class_ids: tuple[int, ...], box: Letterbox, threshold: float
 ) -> ClassMasks:
     """One frame's decoder outputs (K, 1, h4, w4) and (K, 1) → :class:`ClassMasks` in the source grid."""
-    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) >= t  <=>  x >= logit(t)
-    masks = low_res_to_source(low_res_logits, box) >= cut
+    masks = low_res_to_source(low_res_logits, box) >= logit_cut(threshold)
     iou = predicted_iou[:, 0].astype(np.float32)
     return ClassMasks(class_ids, masks, iou, merge_by_iou(masks, iou, class_ids))
 
 
 async def prompt_frames(
-    frames: PreparedRgb, class_ids: tuple[int, ...], card: ModelCard, run_graph: GraphRunner, threshold: float
+    frames: PreparedFrames, class_ids: tuple[int, ...], card: ModelCard, run_graph: GraphRunner, threshold: float
 ) -> list[ClassMasks]:
     """Every frame through the card's ensemble (one call per frame: encoder, then all classes at
     once); the encoder calls of concurrent frames are batched by the inference worker."""
@@ -107,3 +117,48 @@ async def prompt_frames(
         frame_class_masks(out[logits_name], out[iou_name], class_ids, box, threshold)
         for out, box in zip(outputs, frames.boxes)
     ]
+
+
+def class_masks_json(results: list[ClassMasks], card: ModelCard) -> list[dict[str, Any]]:
+    """Per frame and prompted class: id, name, predicted IoU, pixel count and the class's own
+    mask (before the merge) as RLE."""
+    entries = []
+    for frame, result in enumerate(results):
+        for k, class_id in enumerate(result.class_ids):
+            mask = result.masks[k]
+            entries.append(
+                {
+                    "frame": frame,
+                    "id": class_id,
+                    "name": card.label_by_id(class_id).name,
+                    "predicted_iou": round(float(result.predicted_iou[k]), 4),
+                    "pixels": int(mask.sum()),
+                    "rle": {"size": list(mask.shape), "order": "C", "counts": rle_encode(mask)},
+                }
+            )
+    return entries
+
+
+class ClassPromptedPipeline:
+    """Every frame of the upload with the requested ``classes`` prompted (all of them when left
+    out), masks cut at ``threshold``; per-class masks and predicted IoU go to the json output."""
+
+    task: ClassVar[str] = "class_prompted"
+    fields: ClassVar[frozenset[str]] = frozenset({"classes", "threshold"})
+
+    async def segment(
+        self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
+    ) -> Segmentation:
+        chosen = parse_classes(request.classes, card)
+        threshold = check_threshold(request.threshold, card.threshold)
+        image = await decoding(decode, request.data)
+        frames = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+        class_ids = chosen or promptable_classes(card)
+        results = await prompt_frames(frames, class_ids, card, run_graph, threshold)
+        details = {
+            "prompting": "requested" if chosen else "all",
+            "classes": ",".join(str(i) for i in class_ids),
+            "threshold": threshold,
+        }
+        extras = {"class_masks": class_masks_json(results, card)}
+        return Segmentation(image, np.stack([r.labels for r in results]), card, details, extras)

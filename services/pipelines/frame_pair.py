@@ -7,45 +7,30 @@ logit map per region (``card.regions``), painted into a label map in the source 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from typing import ClassVar
 
+import anyio
 import numpy as np
 
-from services.codecs.decoded import DecodedImage
+from services.codecs import decode
 from services.contract import ModelCard
-from services.errors import BadInput, UnprocessableImage
+from services.errors import UnprocessableImage
+from services.pipelines.base import (
+    DecodeRunner,
+    FrameRequest,
+    PreparedFrames,
+    Segmentation,
+    check_threshold,
+    labels_from_regions,
+    logit_cut,
+    prepare_rgb_frames,
+)
 from services.pipelines.ensemble import GraphRunner, run_ensemble
-from services.pipelines.image2d import MIN_SIDE
-from services.pipelines.volume3d import labels_from_regions
-from services.preprocess import Letterbox, prepare_rgb, unletterbox
-
-
-@dataclass(frozen=True)
-class PreparedRgb:
-    tensors: np.ndarray  # (frames, 3, S, S) float32 network input
-    boxes: tuple[Letterbox, ...]
-
-
-def prepare_rgb_frames(image: DecodedImage, card: ModelCard) -> PreparedRgb:
-    """Decoded frames → normalised RGB network inputs, resized as medseg.json says."""
-    if image.rows < MIN_SIDE or image.cols < MIN_SIDE:
-        raise UnprocessableImage(f"image is {image.rows}x{image.cols} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
-    prepared = [prepare_rgb(frame, image.modality, image.pixel_spacing_mm, card.preprocessing) for frame in image.pixels]
-    return PreparedRgb(np.stack([t for t, _ in prepared]), tuple(b for _, b in prepared))
-
-
-def check_threshold(value: float | None, default: float) -> float:
-    """The ``threshold`` form field: a probability strictly between 0 and 1 (absent: ``default``)."""
-    if value is None:
-        return default
-    if not 0.0 < value < 1.0:
-        raise BadInput(f"threshold must be strictly between 0 and 1; got {value}")
-    return float(value)
+from services.preprocess import unletterbox
 
 
 async def pair_labels(
-    anchors: PreparedRgb, reference: PreparedRgb | None, card: ModelCard, run_graph: GraphRunner, threshold: float
+    anchors: PreparedFrames, reference: PreparedFrames | None, card: ModelCard, run_graph: GraphRunner, threshold: float
 ) -> np.ndarray:
     """(frames, rows, cols) uint8 labels of every anchor frame against ``reference`` (its first
     frame) or, without one, against itself."""
@@ -58,7 +43,29 @@ async def pair_labels(
         references = np.repeat(reference.tensors, len(anchors.tensors), axis=0)
     outputs = await run_ensemble(card, {anchor_name: anchors.tensors, reference_name: references}, run_graph)
     logits = outputs[card.outputs[0].name]
-    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) >= t  <=>  x >= logit(t)
+    cut = logit_cut(threshold)
     return np.stack(
         [labels_from_regions(unletterbox(frame, box) >= cut, card.regions) for frame, box in zip(logits, anchors.boxes)]
     )
+
+
+class FramePairPipeline:
+    """Every frame of the upload against the ``reference`` upload's frame (or itself when none),
+    regions cut at ``threshold`` (default: the card's)."""
+
+    task: ClassVar[str] = "frame_pair"
+    fields: ClassVar[frozenset[str]] = frozenset({"reference", "threshold"})
+
+    async def segment(
+        self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
+    ) -> Segmentation:
+        threshold = check_threshold(request.threshold, card.threshold)
+        image = await decoding(decode, request.data)
+        anchors = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+        prepared_reference = None
+        if request.reference is not None:
+            reference_image = await decoding(decode, request.reference)
+            prepared_reference = await anyio.to_thread.run_sync(prepare_rgb_frames, reference_image, card)
+        labels = await pair_labels(anchors, prepared_reference, card, run_graph, threshold)
+        details = {"threshold": threshold, "reference": "provided" if request.reference is not None else "self"}
+        return Segmentation(image, labels, card, details)

@@ -1,42 +1,50 @@
-"""The 2-D slice pipeline (task kind ``image2d``): every frame is one independent slice."""
+"""The 2-D slice pipeline (task kind ``image2d``): every frame is one independent slice, letterboxed
+to the network input; softmax logits are cut back to the source grid and arg-maxed."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import ClassVar
 
+import anyio
 import numpy as np
 
+from services.codecs import decode
 from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard
-from services.errors import UnprocessableImage
+from services.pipelines.base import DecodeRunner, FrameRequest, PreparedFrames, Segmentation, check_min_side
+from services.pipelines.ensemble import GraphRunner
 from services.postprocess import label_map_from_logits
 from services.preprocess import Letterbox, prepare_slice
 
-# Runs the network on (N, C, H, W) network inputs, returns (N, classes, H, W) logits.
-SliceRunner = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
-MIN_SIDE = 8  # pixels; smaller images carry no segmentable anatomy
-
-
-@dataclass(frozen=True)
-class PreparedSlices:
-    tensors: np.ndarray  # (frames, channels, rows, cols) float32 network input
-    boxes: tuple[Letterbox, ...]  # one per frame
-
-
-def prepare_frames(image: DecodedImage, card: ModelCard) -> PreparedSlices:
+def prepare_frames(image: DecodedImage, card: ModelCard) -> PreparedFrames:
     """Decoded frames → network inputs, each letterboxed as medseg.json says."""
-    if image.rows < MIN_SIDE or image.cols < MIN_SIDE:
-        raise UnprocessableImage(f"image is {image.rows}x{image.cols} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+    check_min_side(image)
     tensors, boxes = [], []
     for frame in image.pixels:
         tensor, box = prepare_slice(frame, image.modality, image.pixel_spacing_mm, card.preprocessing)
         tensors.append(tensor)
         boxes.append(box)
-    return PreparedSlices(np.stack(tensors), tuple(boxes))
+    return PreparedFrames(np.stack(tensors), tuple(boxes))
 
 
 def labels_from_logits(logits: np.ndarray, boxes: tuple[Letterbox, ...]) -> np.ndarray:
     """(frames, classes, h, w) logits → (frames, rows, cols) uint8 label maps in the source grid."""
     return np.stack([label_map_from_logits(frame_logits, box) for frame_logits, box in zip(logits, boxes)])
+
+
+class Image2dPipeline:
+    """DICOM / PNG / JPEG slices (every frame of a multi-frame image) through one graph."""
+
+    task: ClassVar[str] = "image2d"
+    fields: ClassVar[frozenset[str]] = frozenset()
+
+    async def segment(
+        self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
+    ) -> Segmentation:
+        image = await decoding(decode, request.data)
+        prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
+        outputs = await run_graph(card.name, {card.inputs[0].name: prepared.tensors})  # the worker splits rows
+        logits = outputs[card.outputs[0].name]
+        labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)
+        return Segmentation(image, labels, card)

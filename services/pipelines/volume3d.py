@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.contract import Region, SlidingWindow
+from services.pipelines.base import labels_from_regions
 
 Infer = Callable[[np.ndarray], np.ndarray]  # (B, C, *patch) float32 -> (B, K, *patch) float32 logits
 PatchRunner = Callable[[np.ndarray], Awaitable[np.ndarray]]  # the same, awaited (service backends)
@@ -146,18 +147,6 @@ def sliding_window_probabilities(volume: np.ndarray, infer: Infer, window: Slidi
         return infer(batch)
 
     return asyncio.run(sliding_window_async(volume, run, window))
-
-
-def labels_from_regions(masks: np.ndarray, regions: tuple[Region, ...]) -> np.ndarray:
-    """(K, ...) boolean region masks → uint8 label map, painting ``regions`` in order.
-
-    Regions are listed outermost first (BraTS: WT → 2, TC → 1, ET → 4), so each inner region
-    overwrites the outer one: ET → 4, TC∖ET → 1, WT∖TC → 2.
-    """
-    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for region in regions:
-        labels[masks[region.channel]] = region.paint_label
-    return labels
 
 
 def regions_from_labels(labels: np.ndarray, regions: tuple[Region, ...]) -> np.ndarray:

@@ -11,12 +11,12 @@ import numpy as np
 from services.codecs.nifti import NiftiVolume, read_nifti, split_channels, stack_channels
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
-from services.usecases.segment import DecodeRunner, provenance
-from services.pipelines.volume3d import PatchRunner, labels_from_regions, sliding_window_async, zscore_over_foreground
+from services.pipelines.base import MIN_SIDE, DecodeRunner, labels_from_regions
+from services.usecases.segment import provenance
+from services.pipelines.volume3d import PatchRunner, sliding_window_async, zscore_over_foreground
 
 VOLUME_OUTPUT_KINDS = ("nifti", "json")
 SINGLE_FILE_FIELD = "file"
-MIN_SIDE = 8  # voxels
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from services.pipelines.class_prompted import (
     prompt_frames,
     promptable_classes,
 )
-from services.pipelines.frame_pair import prepare_rgb_frames
+from services.pipelines.base import prepare_rgb_frames
 from services.preprocess import plan_letterbox, prepare_rgb
 
 SIZE = 64  # encoder input of the fake model; low-res logits are SIZE / 4

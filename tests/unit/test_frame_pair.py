@@ -12,7 +12,8 @@ from services.codecs.decoded import DecodedImage
 from services.contract import Batching, Component, ModelCard, Parity, Weights
 from services.errors import BadInput, UnprocessableImage
 from services.pipelines.ensemble import run_ensemble
-from services.pipelines.frame_pair import check_threshold, pair_labels, prepare_rgb_frames
+from services.pipelines.base import check_threshold, prepare_rgb_frames
+from services.pipelines.frame_pair import pair_labels
 
 SIZE = 32  # a tiny network input keeps the fake graphs cheap
 

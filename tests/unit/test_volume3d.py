@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from services.contract import Region, SlidingWindow
+from services.pipelines.base import labels_from_regions
 from services.pipelines.volume3d import (
     ZSCORE_CLIP,
     gaussian_importance,
-    labels_from_regions,
     pad_to_at_least,
     plan_windows,
     regions_from_labels,
