@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional, Union
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from bentoml.exceptions import BentoMLException
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -29,12 +29,12 @@ from starlette.routing import Route
 from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
-from services.errors import BadInput, ModelNotFound, Overloaded, UnsupportedMediaType
+from services.errors import BadInput, MedsegError, ModelNotFound, UnsupportedMediaType
 from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.memory import limit_malloc_arenas
 from services.http.responses import typed_errors
 from services.pipelines.base import FrameRequest
-from services.runtime import BackendDown, InferenceBackend
+from services.runtime import InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
 from services.usecases.segment import (
     check_output_kind,
@@ -145,10 +145,8 @@ class InferenceWorker:
     async def infer_graph(self, call: GraphCall) -> GraphResult:
         try:
             outputs = await self.batcher.run(call.model, call.inputs, call.batched)
-        except BackendDown as error:  # the API answers 503 with Retry-After
-            raise ServiceUnavailable(str(error)) from None
-        except Overloaded as error:  # the API answers 429 with Retry-After
-            raise BentoMLException(error.message, error_code=HTTPStatus.TOO_MANY_REQUESTS) from None
+        except MedsegError as error:  # sent by its status; services.http.worker_calls types it again
+            raise BentoMLException(error.message, error_code=HTTPStatus(error.status)) from None
         return GraphResult(outputs=outputs)
 
 

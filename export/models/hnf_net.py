@@ -33,7 +33,6 @@ from export.models.ema import EMAUnit
 IN_CHANNELS = 4  # T1, T1ce, T2, FLAIR
 OUT_CHANNELS = 3  # WT, TC, ET
 INPUT_MODALITIES = ("t1", "t1ce", "t2", "flair")
-OUTPUT_REGIONS = ("WT", "TC", "ET")
 
 HNF_NET_CHOICES = """\
 HNF-Net-like network: our choices (HNF-Net code and weights are not public).

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
-REGIONS = ("WT", "TC", "ET")
 BACKGROUND, NECROSIS, EDEMA, ENHANCING = 0, 1, 2, 4  # BraTS 2018-2021 labels
 BRATS_LABELS = (BACKGROUND, NECROSIS, EDEMA, ENHANCING)
 

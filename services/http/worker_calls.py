@@ -2,28 +2,34 @@
 
 BentoML's client reuses keep-alive connections; one the worker is closing at that moment fails
 with a connection reset before the request is read. Inference is idempotent, so the call is
-retried on a fresh connection; a worker that stays unreachable, or that reports its backend
-down (503 from the worker), is a 503 with Retry-After; a worker whose queue is too long (429
-from the worker) is a 429 with Retry-After.
+retried on a fresh connection; a worker that stays unreachable is a 503 with Retry-After.
+
+The worker sends a typed error (``services.errors``) by its status; BentoML's client raises it
+here as a BentoMLException carrying that status, and ``FROM_WORKER`` makes it the typed error
+again, with a message for the caller (the worker's names servers and queue times): 503 when the
+worker's back end is down (it already retried), 429 when its queue is too long.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import TypeVar
 
-from http import HTTPStatus
-
 import aiohttp
-from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from bentoml.exceptions import BentoMLException
 
-from services.errors import BackendUnavailable, Overloaded
+from services.errors import BackendUnavailable, MedsegError, Overloaded
 
 log = logging.getLogger("medseg.api")
 T = TypeVar("T")
 
 ATTEMPTS = 3
+FROM_WORKER: dict[int, tuple[type[MedsegError], str]] = {
+    HTTPStatus.SERVICE_UNAVAILABLE: (BackendUnavailable, "the inference servers are unavailable; retry shortly"),
+    HTTPStatus.TOO_MANY_REQUESTS: (Overloaded, "the service is overloaded; retry shortly"),
+}
 
 
 async def call_worker(call: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:
@@ -33,10 +39,10 @@ async def call_worker(call: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS
             return await call()
         except aiohttp.ClientConnectionError as error:
             log.warning("inference worker connection failed (%s), attempt %d of %d", type(error).__name__, attempt, attempts)
-        except ServiceUnavailable:  # the worker's backend (Triton) is down; it already retried
-            raise BackendUnavailable("the inference servers are unavailable; retry shortly") from None
         except BentoMLException as error:
-            if error.error_code == HTTPStatus.TOO_MANY_REQUESTS:
-                raise Overloaded("the service is overloaded; retry shortly") from None
-            raise
+            typed = FROM_WORKER.get(int(error.error_code))
+            if typed is None:
+                raise
+            kind, message = typed
+            raise kind(message) from None
     raise BackendUnavailable("the inference worker could not be reached; retry shortly")

@@ -9,10 +9,6 @@ import numpy as np
 from services.contract import ModelCard
 
 
-class BackendDown(RuntimeError):
-    """The backend cannot run calls right now (e.g. no Triton server reachable); retry later."""
-
-
 class InferenceBackend(Protocol):
     """Runs one model on a batch. Tensors are keyed by the graph's tensor names (medseg.json)."""
 

@@ -10,8 +10,8 @@ call wait about as long as recent calls queued: seconds after a burst).
 
 A call larger than its graph's row limit is split into parts of at most the limit.
 Unbatched graphs (full shapes, SurgicalSAM's prompt stage) are never merged. If a merged run
-fails for any reason but :class:`BackendDown`, each of its calls is run again alone, so one bad
-call cannot fail the others. A call that waited more than ``max_queue_s`` for a slot is refused
+fails for any reason but :class:`BackendUnavailable` (the back end is down: every call of the
+run gets it), each of its calls is run again alone, so one bad call cannot fail the others. A call that waited more than ``max_queue_s`` for a slot is refused
 with :class:`Overloaded` instead of run.
 """
 
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.contract import ModelCard
-from services.errors import Overloaded
-from services.runtime import BackendDown
+from services.errors import BackendUnavailable, Overloaded
 
 Tensors = dict[str, np.ndarray]
 Infer = Callable[[str, Tensors], Awaitable[Tensors]]
@@ -165,7 +164,7 @@ class GraphBatcher:
         merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in batch[0].inputs}
         try:
             outputs = await self._infer(model, merged)
-        except BackendDown as error:
+        except BackendUnavailable as error:
             for call in batch:
                 _settle(call.future, error=error)
             return

@@ -21,8 +21,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.contract import ModelCard, discover_cards
-from services.errors import ModelNotFound
-from services.runtime import BackendDown
+from services.errors import BackendUnavailable, ModelNotFound
 from services.runtime.server_pool import ServerPool
 
 log = logging.getLogger("medseg.runtime")
@@ -38,7 +37,7 @@ CHANNEL_ARGS = [
 ]
 
 
-class TritonUnavailable(BackendDown):
+class TritonUnavailable(BackendUnavailable):
     """No Triton server could run the call (all down, unreachable or timing out)."""
 
 

@@ -7,8 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from services.errors import Overloaded
-from services.runtime import BackendDown
+from services.errors import BackendUnavailable, Overloaded
 from services.runtime.graph_batcher import GraphBatcher
 
 
@@ -124,10 +123,10 @@ def test_backend_down_fails_every_merged_call_without_retrying() -> None:
         backend, batcher = gated({"g": 8})
         calls = [asyncio.ensure_future(batcher.run("g", rows(v))) for v in (1, 2, 3)]
         await settle()
-        backend.error = BackendDown("no server")
+        backend.error = BackendUnavailable("no server")
         backend.gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(r, BackendDown) for r in results)
+        assert all(isinstance(r, BackendUnavailable) for r in results)
         assert len(backend.runs) == 2  # the first call alone, then the two queued ones merged once
 
     asyncio.run(scenario())

@@ -50,3 +50,13 @@ def test_a_worker_refusing_for_load_is_overloaded_and_not_retried() -> None:
     with pytest.raises(Overloaded) as raised:
         asyncio.run(call_worker(flaky))
     assert flaky.calls == 1 and raised.value.status == 429 and "overloaded" in raised.value.message
+
+
+def test_a_worker_whose_back_end_is_down_is_backend_unavailable_and_not_retried() -> None:
+    """BentoML's client raises its own class for a 503 (ServiceUnavailable), with the status."""
+    from bentoml.exceptions import ServiceUnavailable
+
+    flaky = Flaky(5, ServiceUnavailable("no Triton server could run swtr_unet", error_code=HTTPStatus.SERVICE_UNAVAILABLE))
+    with pytest.raises(BackendUnavailable) as raised:
+        asyncio.run(call_worker(flaky))
+    assert flaky.calls == 1 and raised.value.status == 503 and "Triton" not in raised.value.message
