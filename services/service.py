@@ -30,6 +30,7 @@ from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, MedsegError, ModelNotFound, UnsupportedMediaType
+from services.http.concurrency_limit import ConcurrencyLimit
 from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.memory import limit_malloc_arenas
 from services.http.responses import typed_errors
@@ -240,7 +241,8 @@ routes_v1 = Starlette(
 @bentoml.service(
     name="medseg",
     workers=1,
-    traffic={"timeout": FrameworkErrors.bentoml_timeout_s(SETTINGS.request_timeout_s), "max_concurrency": 64},
+    # No max_concurrency here: BentoML's answers from outside the contract (ConcurrencyLimit below).
+    traffic={"timeout": FrameworkErrors.bentoml_timeout_s(SETTINGS.request_timeout_s)},
 )
 class Segmenter:
     """Public routes: POST /v1/segment, POST /v1/segment/volume, GET /v1/models, /livez, /readyz, /metrics."""
@@ -313,5 +315,6 @@ class Segmenter:
 
 
 Segmenter.add_asgi_middleware(FrameworkErrors, deadline_s=SETTINGS.request_timeout_s)  # first added: outermost
+Segmenter.add_asgi_middleware(ConcurrencyLimit, max_in_flight=SETTINGS.max_concurrency)
 Segmenter.add_asgi_middleware(UploadLimit, max_bytes=SETTINGS.max_upload_bytes)
 scrub_client_error_logs()

@@ -17,7 +17,8 @@ class Settings:
     max_volume_bytes: int  # MEDSEG_MAX_VOLUME_MB: a NIfTI file larger than this once decompressed gets 413
     ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
     max_queue_ms: int  # MEDSEG_MAX_QUEUE_MS: a graph call queued longer than this is refused (429)
-    request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: BentoML traffic timeout (504 past it)
+    request_timeout_s: float  # MEDSEG_REQUEST_TIMEOUT_S: request deadline, kept by FrameworkErrors (504 'timeout')
+    max_concurrency: int = 64  # MEDSEG_MAX_CONCURRENCY: requests in flight; one more gets 429 at once
     decode_workers: int = 2  # MEDSEG_DECODE_WORKERS: processes that decode uploads (DecoderPool)
     decode_budget_s: float = 10.0  # MEDSEG_DECODE_BUDGET_S: one decode stopped past this (422)
     decode_memory_bytes: int = 4 << 30  # MEDSEG_DECODE_MEMORY_MB: address space of one decoder process
@@ -38,6 +39,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ort_threads=int(env.get("MEDSEG_ORT_THREADS", "0")),
         max_queue_ms=int(env.get("MEDSEG_MAX_QUEUE_MS", "20000")),
         request_timeout_s=float(env.get("MEDSEG_REQUEST_TIMEOUT_S", "120")),
+        max_concurrency=int(env.get("MEDSEG_MAX_CONCURRENCY", "64")),
         decode_workers=int(env.get("MEDSEG_DECODE_WORKERS", str(min(4, os.cpu_count() or 1)))),
         decode_budget_s=float(env.get("MEDSEG_DECODE_BUDGET_S", "10")),
         decode_memory_bytes=int(float(env.get("MEDSEG_DECODE_MEMORY_MB", "4096")) * 1024 * 1024),

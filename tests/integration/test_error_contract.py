@@ -6,7 +6,8 @@
 - ``/readyz`` while the back end is unreachable, and the API then, are the contract's 503;
 - past MEDSEG_REQUEST_TIMEOUT_S the client gets the contract's 504 at the deadline (not BentoML's
   body a margin later), and the request's inference stops;
-- a streamed (chunked) body over the upload limit is a 413, not the 500 of the route reading it.
+- a streamed (chunked) body over the upload limit is a 413, not the 500 of the route reading it;
+- past MEDSEG_MAX_CONCURRENCY requests in flight, the contract's 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ContextManager
 
@@ -200,3 +202,23 @@ def test_a_streamed_body_over_the_limit_is_413_not_500(hurried: LocalService, ro
         assert response.status_code == 413, response.text
         assert response.json()["error"] == "payload_too_large"
         assert segment(http, png_of(np.zeros((32, 32), np.uint8))).status_code == 200
+
+
+def test_past_the_concurrency_limit_the_contract_429_with_retry_after(tmp_path: Path) -> None:
+    """MEDSEG_MAX_CONCURRENCY=1: while one slow request is in, the others are refused at once in
+    the contract (BentoML's own limit answered {"error": "Too many requests"}, no Retry-After)."""
+    stack = write_multiframe(np.random.default_rng(1).normal(40, 60, (240, 64, 64)), (0.8, 0.8), 1.0)
+    env = {"MEDSEG_MAX_CONCURRENCY": "1"}
+    with local_service(REPOSITORY, tmp_path, env=env) as service:
+
+        def post(_: int) -> httpx.Response:
+            with httpx.Client(base_url=service.url, timeout=120) as http:
+                return segment(http, stack, "stack.dcm")
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(4)))
+        assert httpx.get(f"{service.url}/readyz").status_code == 200  # probes are never refused
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses[0] == 200 and 429 in statuses, statuses
+    for refused in (a for a in answers if a.status_code == 429):
+        assert refused.json()["error"] == "overloaded" and refused.headers["retry-after"] == "5"
