@@ -11,9 +11,9 @@ DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 def _build(args: argparse.Namespace) -> int:
     from export.repository import build_model_folder
-    from export.specs import MODEL_SPECS, get_spec
+    from export.registry import REGISTRY, get_spec
 
-    names = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    names = list(REGISTRY) if args.model == "all" else [args.model]
     for name in names:
         build_model_folder(
             get_spec(name), args.variant, args.repository, weights=args.weights, sam_checkpoint=args.sam_checkpoint,
@@ -38,9 +38,9 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from export.bench import run_benchmark
-    from export.specs import MODEL_SPECS
+    from export.registry import REGISTRY
 
-    models = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    models = list(REGISTRY) if args.model == "all" else [args.model]
     for model in models:
         run_benchmark(model, variants=args.variants, repeats=args.repeats, warmup=args.warmup)
     return 0
@@ -48,9 +48,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _bench_triton(args: argparse.Namespace) -> int:
     from export.bench_triton import run_triton_benchmark
-    from export.specs import MODEL_SPECS
+    from export.registry import REGISTRY
 
-    models = list(MODEL_SPECS) if args.model == "all" else [args.model]
+    models = list(REGISTRY) if args.model == "all" else [args.model]
     run_triton_benchmark(args.repository, models, args.requests)
     return 0
 

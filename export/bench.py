@@ -24,7 +24,7 @@ import torch
 
 from clients.local_service import local_service
 from export.repository import build_model_folder, resolve_weights
-from export.specs import MODEL_BUILDERS, get_spec
+from export.registry import get_entry, get_spec
 from export.weights_io import load_weights
 from services.contract import ModelCard, TensorSpec
 from services.pipelines.ensemble import run_ensemble
@@ -254,7 +254,7 @@ def run_benchmark(model: str, variants: list[str], repeats: int = 10, warmup: in
         with tempfile.TemporaryDirectory() as tmp:
             repository = Path(tmp)
             card = build_model_folder(spec, variant, repository)
-            network = MODEL_BUILDERS[model](variant).eval()
+            network = get_entry(model).build(variant).eval()
             weights_file, _ = resolve_weights(spec, variant, None)
             if weights_file is not None:
                 load_weights(network, weights_file)

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.hashing import sha256_file, sha256_graph
 from export.onnx_export import export_onnx, measure_parity
-from export.specs import MODEL_BUILDERS, MODEL_GRAPHS, OFFICIAL_LOADERS, SAM_CHECKPOINT_MODELS, WEIGHTS_DIR, ModelSpec
+from export.registry import REGISTRY, WEIGHTS_DIR, ModelSpec, get_entry
 from export.triton_config import TARGETS, ensemble_config, graph_config, model_config, render_config, warmup_files
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
@@ -34,10 +34,10 @@ def resolve_weights(
     spec: ModelSpec, variant: str, weights: Path | None, sam_checkpoint: Path | None = None
 ) -> tuple[Path | None, Weights]:
     """Which file to load and its provenance record. No file: seeded random initialisation."""
-    if sam_checkpoint is not None and (weights is None or spec.name not in SAM_CHECKPOINT_MODELS):
+    if sam_checkpoint is not None and (weights is None or not get_entry(spec.name).needs_sam_checkpoint):
+        sam_models = sorted(name for name, entry in REGISTRY.items() if entry.needs_sam_checkpoint)
         raise ValueError(
-            "--sam-checkpoint goes with --weights, for models built on Segment Anything "
-            f"({', '.join(sorted(SAM_CHECKPOINT_MODELS))})"
+            f"--sam-checkpoint goes with --weights, for models built on Segment Anything ({', '.join(sam_models)})"
         )
     if weights is not None:
         if sam_checkpoint is None:
@@ -120,17 +120,19 @@ def build_model_folder(
 
     step("building the network and loading weights")
     torch.manual_seed(0)
-    model = MODEL_BUILDERS[spec.name](variant).eval()
+    entry = get_entry(spec.name)
+    model = entry.build(variant).eval()
     weights_file, provenance = resolve_weights(spec, variant, weights, sam_checkpoint)
-    if weights is not None and weights.suffix != ".safetensors" and spec.name in OFFICIAL_LOADERS:
-        OFFICIAL_LOADERS[spec.name](model, weights, sam_checkpoint)  # the published checkpoint's format
+    if weights is not None and weights.suffix != ".safetensors" and entry.load_official is not None:
+        entry.load_official(model, weights, sam_checkpoint)  # the published checkpoint's format
     elif weights_file is not None:
         load_weights(model, weights_file)
     inputs, outputs = spec.tensors(variant)
 
     components: list[Component] = []
     if graphs:
-        modules = MODEL_GRAPHS[spec.name](model)
+        assert entry.cut_graphs is not None, f"{spec.name} lays out graphs but cuts none"
+        modules = entry.cut_graphs(model)
         for graph in graphs:
             name = spec.graph_model(graph.role)
             path = repository / name / VERSION / "model.onnx"

@@ -23,11 +23,10 @@ from export.hashing import sha256_file
 from export.training import environment, parallel_map, train_steps, write_record
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
-from export.specs import get_spec
+from export.registry import WEIGHTS_DIR, get_entry, get_spec
 from services.contract import Preprocessing
 from services.preprocess import Letterbox, letterbox, prepare_slice, unletterbox
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = "swtr_unet_small_demo.safetensors"
 RECORD_FILE = "swtr_unet_small_demo.json"
 VARIANT = "small"
@@ -279,19 +278,8 @@ def train_swtr_unet_demo(
 
 
 def train_demo(model: str, *, seed: int = 0, out_dir: Path = WEIGHTS_DIR) -> dict:
-    """CLI dispatch (``python -m export train-demo <model>``): every registered model has demo weights."""
-    if model == "surgical_sam":
-        from export.train_surgical_sam import train_surgical_sam_demo
-
-        return train_surgical_sam_demo(out_dir, seed=seed)
-    if model == "mast":
-        from export.train_mast import train_mast_demo
-
-        return train_mast_demo(out_dir, seed=seed)
-    if model == "hnf_net":
-        from export.train_hnf_net import train_hnf_net_demo
-
-        return train_hnf_net_demo(out_dir, seed=seed)
-    if model != "swtr_unet":
-        raise KeyError(f"no demo-weight trainer for {model!r}; known: swtr_unet, hnf_net, mast, surgical_sam")
-    return train_swtr_unet_demo(out_dir, seed=seed)
+    """CLI dispatch (``python -m export train-demo <model>``): the registry entry's demo trainer."""
+    trainer = get_entry(model).train_demo
+    if trainer is None:
+        raise KeyError(f"no demo-weight trainer for {model!r}")
+    return trainer(out_dir, seed=seed)

@@ -30,10 +30,9 @@ from export.training import environment, parallel_map, train_steps, write_record
 from export.training import progress as show_progress
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
-from export.specs import ModelSpec, get_spec
+from export.registry import WEIGHTS_DIR, ModelSpec, get_spec
 from services.pipelines.volume3d import regions_from_labels, segment_volume, zscore_over_foreground
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = "hnf_net_small_demo.safetensors"
 RECORD_FILE = "hnf_net_small_demo.json"
 MODEL = "hnf_net"

@@ -27,11 +27,10 @@ from export.hashing import sha256_file
 from export.training import parallel_map, run_summary, train_steps, write_record
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
-from export.specs import get_spec
+from export.registry import WEIGHTS_DIR, get_spec
 from services.contract import Preprocessing
 from services.preprocess import letterbox, prepare_rgb, unletterbox
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = "mast_small_demo.safetensors"
 RECORD_FILE = "mast_small_demo.json"
 VARIANT = "small"

@@ -31,7 +31,7 @@ from clients.local_service import LocalService, local_service
 from clients.triton_server import TritonServer, start_triton, stop_triton, triton_server, wait_ready
 from export.repository import write_triton_files
 from export.sample_requests import requests_per_model
-from export.specs import get_spec
+from export.registry import get_spec
 from export.triton_config import graph_config, parse_config
 from services.contract import discover_cards
 from services.runtime.ort_backend import OrtBackend

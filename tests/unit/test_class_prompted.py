@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.specs import get_spec
+from export.registry import get_spec
 from services.codecs.decoded import DecodedImage
 from services.contract import Batching, Component, ModelCard, Parity, Weights
 from services.errors import BadInput

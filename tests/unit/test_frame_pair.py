@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from export.specs import get_spec
+from export.registry import get_spec
 from services.codecs.decoded import DecodedImage
 from services.contract import Batching, Component, ModelCard, Parity, Weights
 from services.errors import BadInput, UnprocessableImage

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from export.specs import MODEL_BUILDERS, MODEL_SPECS, WEIGHTS_DIR
+from export.registry import REGISTRY, WEIGHTS_DIR
 
-SPECS = list(MODEL_SPECS.values())
+SPECS = [entry.spec for entry in REGISTRY.values()]
 
 
-def test_every_spec_has_a_builder() -> None:
-    assert set(MODEL_SPECS) == set(MODEL_BUILDERS)
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_entry_is_keyed_by_its_spec_and_complete(name: str) -> None:
+    entry = REGISTRY[name]
+    assert entry.spec.name == name and callable(entry.build)
+    assert (entry.cut_graphs is not None) == bool(entry.spec.graph_layout)  # multi-graph models cut their graphs
+    assert entry.train_demo is not None  # every model has demo weights
+    assert not entry.needs_sam_checkpoint or entry.load_official is not None
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

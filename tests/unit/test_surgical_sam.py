@@ -273,7 +273,7 @@ def test_large_graphs_are_written_with_one_external_data_file(small_model: Surgi
     """ViT-L/H encoders exceed the 1 GiB limit; a zero limit runs the same path on the small one."""
     from export.hashing import sha256_graph
     from export.onnx_export import export_onnx, measure_parity
-    from export.specs import get_spec
+    from export.registry import get_spec
 
     encoder_spec = get_spec("surgical_sam").graphs("small")[0]
     graph = SamImageEncoderGraph(small_model.image_encoder).eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from export.repository import MAX_RELATIVE_PARITY_FP32, build_model_folder
-from export.specs import get_spec
+from export.registry import get_spec
 from export.triton_config import parse_config
 
 

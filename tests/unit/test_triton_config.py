@@ -9,7 +9,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.repository import write_triton_files
-from export.specs import get_spec
+from export.registry import get_spec
 from export.triton_config import graph_config, parse_config, render_config
 
 SPEC = get_spec("surgical_sam")

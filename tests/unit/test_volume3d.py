@@ -28,7 +28,7 @@ WT, TC, ET = 0, 1, 2
 @pytest.fixture(scope="module")
 def regions() -> tuple[Region, ...]:
     """BraTS regions exactly as registered for hnf_net (WT → 2, TC → 1, ET → 4)."""
-    from export.specs import get_spec
+    from export.registry import get_spec
 
     registered = get_spec("hnf_net").regions
     assert [(r.name, r.channel, tuple(r.labels), r.paint_label) for r in registered] == [
