@@ -23,16 +23,19 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _build_plans(args: argparse.Namespace) -> int:
-    from export.tensorrt_plans import build_plans
+    from export.triton.tensorrt_plans import build_plans
 
     build_plans(args.repository, trtexec=args.trtexec)
     return 0
 
 
 def _train_demo(args: argparse.Namespace) -> int:
-    from export.train_demo import train_demo
+    from export.registry import WEIGHTS_DIR, get_entry
 
-    train_demo(args.model, seed=args.seed)
+    trainer = get_entry(args.model).train_demo
+    if trainer is None:
+        raise SystemExit(f"no demo-weight trainer for {args.model!r}")
+    trainer(WEIGHTS_DIR, seed=args.seed)
     return 0
 
 

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.hashing import sha256_file, sha256_graph
 from export.onnx_export import export_onnx, measure_parity
 from export.registry import REGISTRY, WEIGHTS_DIR, ModelSpec, get_entry
-from export.triton_config import TARGETS, ensemble_config, graph_config, model_config, render_config, warmup_files
+from export.triton.config import TARGETS, ensemble_config, graph_config, model_config, render_config, warmup_files
 from export.weights_io import load_weights
 from services.contract import CARD_FILE, Component, ModelCard, Parity, Weights
 
@@ -70,7 +70,7 @@ def check_parity(name: str, parity: Parity) -> Parity:
     return parity
 
 
-PYTHON_MODEL = Path(__file__).resolve().parent / "triton_python_model.py"
+PYTHON_MODEL = Path(__file__).resolve().parent / "triton" / "python_model.py"
 
 
 def write_triton_files(folder: Path, config: mc.ModelConfig, target: str) -> None:
@@ -103,7 +103,7 @@ def build_model_folder(
     PyTorch differ by more than 1e-4 of an output's range. ``sam_checkpoint``: the stock SAM file
     that official SurgicalSAM weights build on. ``target``: the Triton deployment the configs are
     written for, ``cpu`` (python backend + ``model.py`` running ONNX Runtime, what runs here) or
-    ``gpu`` (ONNX Runtime platform with TensorRT FP16, GPU instances); see export.triton_config.
+    ``gpu`` (ONNX Runtime platform with TensorRT FP16, GPU instances); see export.triton.config.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")

@@ -55,5 +55,5 @@ def _spec() -> ModelSpec:
 ENTRY = ModelEntry(
     spec=_spec(),
     build=lazy("export.models.hnf_net:build_hnf_net"),
-    train_demo=lazy("export.train_hnf_net:train_hnf_net_demo"),
+    train_demo=lazy("export.training.hnf_net:train_hnf_net_demo"),
 )

@@ -93,5 +93,5 @@ ENTRY = ModelEntry(
     build=lazy("export.models.mast:build_mast"),
     cut_graphs=_cut_graphs,
     load_official=_load_official,
-    train_demo=lazy("export.train_mast:train_mast_demo"),
+    train_demo=lazy("export.training.mast:train_mast_demo"),
 )

@@ -121,5 +121,5 @@ ENTRY = ModelEntry(
     cut_graphs=_cut_graphs,
     load_official=_load_official,
     needs_sam_checkpoint=True,
-    train_demo=lazy("export.train_surgical_sam:train_surgical_sam_demo"),
+    train_demo=lazy("export.training.surgical_sam:train_surgical_sam_demo"),
 )

@@ -52,5 +52,5 @@ def _spec() -> ModelSpec:
 ENTRY = ModelEntry(
     spec=_spec(),
     build=lazy("export.models.swtr_unet:build_swtr_unet"),
-    train_demo=lazy("export.train_demo:train_swtr_unet_demo"),
+    train_demo=lazy("export.training.swtr_unet:train_swtr_unet_demo"),
 )

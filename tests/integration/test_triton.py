@@ -32,7 +32,7 @@ from clients.triton_server import TritonServer, start_triton, stop_triton, trito
 from export.repository import write_triton_files
 from export.sample_requests import requests_per_model
 from export.registry import get_spec
-from export.triton_config import graph_config, parse_config
+from export.triton.config import graph_config, parse_config
 from services.contract import discover_cards
 from services.runtime.ort_backend import OrtBackend
 from services.runtime.graph_batcher import GraphBatcher, row_limits

@@ -10,7 +10,7 @@ import torch
 
 from export.hashing import sha256_file
 from export.models.hnf_net import build_hnf_net
-from export.train_hnf_net import (
+from export.training.hnf_net import (
     RECORD_FILE,
     WEIGHTS_DIR,
     WEIGHTS_FILE,

@@ -10,7 +10,7 @@ import torch
 
 from export.hashing import sha256_file
 from export.models.mast import build_mast
-from export.train_mast import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE
+from export.training.mast import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE
 from export.weights_io import load_weights
 
 WEIGHTS = WEIGHTS_DIR / WEIGHTS_FILE

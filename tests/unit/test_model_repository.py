@@ -14,7 +14,7 @@ import pytest
 from export.hashing import sha256_graph
 from export.repository import MAX_RELATIVE_PARITY_FP32
 from export.registry import REGISTRY
-from export.triton_config import parse_config
+from export.triton.config import parse_config
 from services.contract import ModelCard, Parity, TensorSpec, discover_cards
 from tritonclient.grpc import model_config_pb2 as mc
 

@@ -9,7 +9,7 @@ import torch
 
 from export.hashing import sha256_file
 from export.models.surgical_sam import build_surgical_sam
-from export.train_surgical_sam import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE
+from export.training.surgical_sam import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE
 from export.weights_io import load_weights
 
 WEIGHTS = WEIGHTS_DIR / WEIGHTS_FILE

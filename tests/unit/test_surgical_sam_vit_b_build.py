@@ -15,7 +15,7 @@ import pytest
 
 from export.repository import MAX_RELATIVE_PARITY_FP32, build_model_folder
 from export.registry import get_spec
-from export.triton_config import parse_config
+from export.triton.config import parse_config
 
 
 @pytest.fixture(scope="module")

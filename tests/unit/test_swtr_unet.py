@@ -11,7 +11,7 @@ import torch
 
 from export.hashing import sha256_file
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet, build_swtr_unet
-from export.train_demo import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE, demo_preprocessing, letterbox_targets
+from export.training.swtr_unet import RECORD_FILE, WEIGHTS_DIR, WEIGHTS_FILE, demo_preprocessing, letterbox_targets
 from export.weights_io import load_weights
 from services.preprocess import plan_letterbox
 

@@ -14,8 +14,8 @@ import pytest
 
 from export.repository import build_model_folder
 from export.registry import get_spec
-from export.tensorrt_plans import PLAN_FILE, build_plans, plan_config, shape_profile, trtexec_command
-from export.triton_config import graph_config, parse_config, render_config
+from export.triton.tensorrt_plans import PLAN_FILE, build_plans, plan_config, shape_profile, trtexec_command
+from export.triton.config import graph_config, parse_config, render_config
 from services.contract import ModelCard, discover_cards
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"

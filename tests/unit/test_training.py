@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from export.training import cosine_lr, train_steps
+from export.training.loop import cosine_lr, train_steps
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.repository import write_triton_files
 from export.registry import get_spec
-from export.triton_config import graph_config, parse_config, render_config
+from export.triton.config import graph_config, parse_config, render_config
 
 SPEC = get_spec("surgical_sam")
 ENCODER, PROMPT = SPEC.graphs("small")

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import environment, parallel_map, train_steps, write_record
+from export.training.loop import environment, parallel_map, train_steps, write_record
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
-from export.registry import WEIGHTS_DIR, get_entry, get_spec
+from export.registry import WEIGHTS_DIR, get_spec
 from services.contract import Preprocessing
 from services.preprocess import Letterbox, letterbox, prepare_slice, unletterbox
 
@@ -275,11 +275,3 @@ def train_swtr_unet_demo(
         **environment(settings.threads),
     }
     return write_record(out_dir / RECORD_FILE, record)
-
-
-def train_demo(model: str, *, seed: int = 0, out_dir: Path = WEIGHTS_DIR) -> dict:
-    """CLI dispatch (``python -m export train-demo <model>``): the registry entry's demo trainer."""
-    trainer = get_entry(model).train_demo
-    if trainer is None:
-        raise KeyError(f"no demo-weight trainer for {model!r}")
-    return trainer(out_dir, seed=seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.triton_config import TRT_WORKSPACE_BYTES, parse_config, render_config
+from export.triton.config import TRT_WORKSPACE_BYTES, parse_config, render_config
 from services.contract import Batching, TensorSpec, discover_cards
 
 PLAN_FILE = "model.plan"

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import environment, parallel_map, train_steps, write_record
-from export.training import progress as show_progress
+from export.training.loop import environment, parallel_map, train_steps, write_record
+from export.training.loop import progress as show_progress
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
 from export.registry import WEIGHTS_DIR, ModelSpec, get_spec

@@ -30,7 +30,7 @@ from export.hashing import sha256_file
 from export.models.surgical_sam import NUM_CLASSES, SURGICAL_SAM_CONFIGS, SurgicalSam, build_surgical_sam
 from export.phantoms.surgical import SurgicalFrame, make_surgical_frame
 from export.registry import WEIGHTS_DIR, get_spec
-from export.training import parallel_map, run_summary, train_steps, write_record
+from export.training.loop import parallel_map, run_summary, train_steps, write_record
 from services.contract import Preprocessing
 from services.pipelines.class_prompted import frame_class_masks
 from services.preprocess import Letterbox, prepare_rgb

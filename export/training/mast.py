@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training import parallel_map, run_summary, train_steps, write_record
+from export.training.loop import parallel_map, run_summary, train_steps, write_record
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
 from export.registry import WEIGHTS_DIR, get_spec
