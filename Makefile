@@ -37,13 +37,13 @@ serve: $(REPOSITORY_STAMP)
 # The same service in front of a real tritonserver (the nvidia-pytriton wheel's, python backend)
 # on 127.0.0.1:8000-8002 serving the same repository; Ctrl-C stops both.
 serve-triton: $(REPOSITORY_STAMP)
-	$(BIN)/python -m clients.serve_triton --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+	$(BIN)/python -m load.serve_triton --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
 
 test: $(REPOSITORY_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(REPOSITORY_STAMP)
-	$(BIN)/python -m export bench
+	$(BIN)/python -m load bench
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY)/*/ $(REPOSITORY_STAMP)

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         import tempfile
 
-        from clients.local_service import ROOT, local_service
+        from load.local_service import ROOT, local_service
 
         with tempfile.TemporaryDirectory() as workdir, local_service(ROOT / "model_repository", Path(workdir)) as service:
             print(f"service on {service.url} (log {service.log_path})", file=sys.stderr)

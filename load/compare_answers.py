@@ -123,7 +123,7 @@ def compare(before_url: str, after_url: str) -> list[tuple[str, str]]:
 @contextmanager
 def served(checkout: Path, workdir: Path) -> Iterator[str]:
     """``bentoml serve`` of ``checkout``'s code and model repository; its URL."""
-    from clients.local_service import local_service
+    from load.local_service import local_service
 
     with local_service(checkout.resolve() / "model_repository", workdir, cwd=checkout.resolve()) as service:
         yield service.url

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients.local_service import LocalService, local_service
+from load.local_service import LocalService, local_service
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 UPLOAD_LIMIT_MB = 4

@@ -16,7 +16,7 @@ import httpx
 import pydicom
 import pytest
 
-from clients.local_service import ROOT, LocalService, local_service
+from load.local_service import ROOT, LocalService, local_service
 from load.burst import burst_uploads, corpus_files, corrupt, post_all, summarise
 
 pytestmark = pytest.mark.integration

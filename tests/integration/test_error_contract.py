@@ -30,10 +30,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from clients.local_service import ROOT, LocalService, free_port, local_service
+from load.local_service import ROOT, LocalService, free_port, local_service
 from services.errors import InternalError
 from services.http.framework_errors import BENTOML_TIMEOUT_MARGIN_S, FrameworkErrors
-from tests.fixtures.dicom_writer import write_multiframe
+from export.phantoms.dicom_writer import write_multiframe
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
 from services.postprocess import rle_decode
-from tests.fixtures.dicom_writer import write_ct_slice, write_multiframe
+from export.phantoms.dicom_writer import write_ct_slice, write_multiframe
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ import tritonclient.grpc as triton_grpc
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from clients.local_service import LocalService, local_service
-from clients.triton_server import TritonServer, start_triton, stop_triton, triton_server, wait_ready
+from load.local_service import LocalService, local_service
+from load.triton_server import TritonServer, start_triton, stop_triton, triton_server, wait_ready
 from export.repository import write_triton_files
 from export.sample_requests import requests_per_model
 from export.registry import get_spec

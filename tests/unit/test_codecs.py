@@ -27,7 +27,7 @@ from services.errors import (
     UnsupportedMediaType,
     UnsupportedTransferSyntax,
 )
-from tests.fixtures.dicom_writer import (
+from export.phantoms.dicom_writer import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,

@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, MRImageStorage
 
 from services.codecs import decode_dicom, sniff
-from tests.fixtures.dicom_writer import (
+from export.phantoms.dicom_writer import (
     PATIENT_ID,
     PATIENT_NAME,
     TRANSFER_SYNTAXES,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
-FORBIDDEN = ("torch", "export", "torchvision", "safetensors")
+FORBIDDEN = ("torch", "export", "torchvision", "safetensors", "load", "clients", "tests")
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -21,7 +21,7 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
-def test_no_service_module_imports_torch_or_export() -> None:
+def test_no_service_module_imports_torch_export_load_clients_or_tests() -> None:
     offenders = {
         str(path.relative_to(SERVICES.parent)): sorted(_imported_roots(path) & set(FORBIDDEN))
         for path in SERVICES.rglob("*.py")
@@ -52,5 +52,18 @@ def test_use_cases_and_pipelines_do_not_import_the_web_framework() -> None:
         str(path.relative_to(SERVICES.parent)): sorted(_imported_roots(path) & framework)
         for room in ("usecases", "pipelines", "codecs", "runtime")
         for path in (SERVICES / room).rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_export_and_load_never_import_tests_and_export_never_imports_load_or_clients() -> None:
+    """The arrows of the README's Layout: export is the build side (it may use services' contract
+    and preprocessing), load runs the service from outside (it may use anything), tests are leaves."""
+    root = SERVICES.parent
+    rules = {"export": {"load", "clients", "tests"}, "load": {"tests"}, "clients": {"export", "load", "tests"}}
+    offenders = {
+        str(path.relative_to(root)): sorted(_imported_roots(path) & forbidden)
+        for package, forbidden in rules.items()
+        for path in (root / package).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}

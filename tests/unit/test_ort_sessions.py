@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.bench import request_feeds
+from load.bench import request_feeds
 from services.contract import discover_cards
 from services.runtime.ort_backend import open_session
 

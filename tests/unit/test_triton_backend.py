@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.local_service import free_port
+from load.local_service import free_port
 from services.runtime.server_pool import ServerPool
 from services.runtime.triton_backend import TritonBackend, TritonUnavailable
 from services.settings import load_settings

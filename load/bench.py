@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import torch
 
-from clients.local_service import local_service
+from load.local_service import local_service
 from export.repository import build_model_folder, resolve_weights
 from export.registry import get_entry, get_spec
 from export.weights_io import load_weights
@@ -31,7 +31,6 @@ from services.pipelines.ensemble import run_ensemble
 from services.pipelines.volume3d import segment_volume
 from services.runtime.ort_backend import open_session
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTED_CLASSES = 7  # SurgicalSAM frames are timed with every instrument class prompted
 
 
@@ -65,10 +64,9 @@ def http_round_trip(repository: Path, route: str, model: str, files: Files, repe
 
 
 def image_request() -> tuple[str, Files, str]:
-    """POST /v1/segment of a 512x512 CT phantom slice as DICOM (the writer of the test fixtures)."""
-    sys.path.insert(0, str(ROOT))
+    """POST /v1/segment of a 512x512 CT phantom slice as DICOM."""
     from export.phantoms.ct_liver import make_ct_slice
-    from tests.fixtures.dicom_writer import write_ct_slice
+    from export.phantoms.dicom_writer import write_ct_slice
 
     phantom = make_ct_slice(np.random.default_rng(7))
     dicom = write_ct_slice(phantom.hu, phantom.spacing_mm)

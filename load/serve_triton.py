@@ -2,7 +2,7 @@
 BentoML service in front of it (``MEDSEG_BACKEND=triton``). Ctrl-C or SIGTERM stops both; the
 server runs in its own process group, so no stub process outlives it.
 
-    python -m clients.serve_triton --repository model_repository --port 3000 --triton-ports 8000 8001 8002
+    python -m load.serve_triton --repository model_repository --port 3000 --triton-ports 8000 8001 8002
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clients.local_service import ROOT, SERVICE, stop_process_group
-from clients.triton_server import start_triton, stop_triton, wait_ready
+from load.local_service import ROOT, SERVICE, stop_process_group
+from load.triton_server import start_triton, stop_triton, wait_ready
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.serve_triton", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m load.serve_triton", description=__doc__)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)

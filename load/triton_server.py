@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from clients.local_service import free_port, stop_process_group
+from load.local_service import free_port, stop_process_group
 
 
 def pytriton_root() -> Path:

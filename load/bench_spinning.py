@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bench import ort_runner, request_feeds
+from load.bench import ort_runner, request_feeds
 from services.contract import discover_cards
 
 def run_spinning_benchmark(repository: Path, rounds: int = 5, calls: int = 10) -> dict[str, dict[str, float]]:

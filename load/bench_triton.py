@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import tritonclient.grpc as triton_grpc
 
-from clients.local_service import local_service
-from clients.triton_server import triton_server
+from load.local_service import local_service
+from load.triton_server import triton_server
 from export.sample_requests import requests_per_model
 from services.contract import discover_cards
 

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-from clients.local_service import local_service
-from export.bench_triton import load_run
+from load.local_service import local_service
+from load.bench_triton import load_run
 from export.sample_requests import requests_per_model
 from services.runtime.graph_batcher import GraphBatcher
 

@@ -1,0 +1,89 @@
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning} ...``: the
+model and service benchmarks. Burst and answer comparison: ``python -m load.burst``,
+``python -m load.compare_answers``; load tests: ``locust -f load/locustfile.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from export.registry import REGISTRY
+    from load.bench import run_benchmark
+
+    models = list(REGISTRY) if args.model == "all" else [args.model]
+    for model in models:
+        run_benchmark(model, variants=args.variants, repeats=args.repeats, warmup=args.warmup)
+    return 0
+
+
+def _bench_triton(args: argparse.Namespace) -> int:
+    from export.registry import REGISTRY
+    from load.bench_triton import run_triton_benchmark
+
+    models = list(REGISTRY) if args.model == "all" else [args.model]
+    run_triton_benchmark(args.repository, models, args.requests)
+    return 0
+
+
+def _bench_spinning(args: argparse.Namespace) -> int:
+    from load.bench_spinning import run_spinning_benchmark
+
+    run_spinning_benchmark(args.repository, args.rounds)
+    return 0
+
+
+def _bench_batching(args: argparse.Namespace) -> int:
+    from load.bench_batching import run_batching_benchmark
+
+    run_batching_benchmark(args.compute_ms, args.row_ms, args.burst, args.lone)
+    if args.service:
+        from load.bench_batching import run_service_benchmark
+
+        run_service_benchmark(args.repository)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="PyTorch eager vs ONNX Runtime vs HTTP latency and throughput")
+    bench.add_argument("--model", default="all", help="registered model name, or 'all'")
+    bench.add_argument("--variants", nargs="+", default=["small", "paper"])
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2, help="untimed calls before each timed series")
+    bench.set_defaults(run=_bench)
+
+    bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
+    bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")
+    bench_triton.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    bench_triton.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
+    bench_triton.set_defaults(run=_bench_triton)
+
+    batching = sub.add_parser(
+        "bench-batching", help="the worker's batching policy: BentoML's adaptive batcher vs GraphBatcher"
+    )
+    batching.add_argument("--compute-ms", type=float, default=60, help="simulated run: fixed cost")
+    batching.add_argument("--row-ms", type=float, default=15, help="simulated run: cost per row")
+    batching.add_argument("--burst", type=int, default=240, help="concurrent calls in the burst")
+    batching.add_argument("--lone", type=int, default=24, help="lone calls before and after the burst")
+    batching.add_argument("--service", action="store_true", help="also lone requests around a burst on bentoml serve")
+    batching.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    batching.set_defaults(run=_bench_batching)
+
+    spinning = sub.add_parser("bench-spinning", help="ONNX Runtime sessions whose idle threads spin vs block")
+    spinning.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    spinning.add_argument("--rounds", type=int, default=5, help="alternating rounds of 10 requests per setting")
+    spinning.set_defaults(run=_bench_spinning)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
