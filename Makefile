@@ -10,8 +10,11 @@ PORT ?= 3000
 REPOSITORY := model_repository
 INSTALLED := $(VENV)/.installed
 REPOSITORY_STAMP := $(REPOSITORY)/.built
-# The demo repository is rebuilt when anything it is made from changes.
-EXPORT_INPUTS := $(shell find export -name '*.py' -o -name '*.safetensors' -o -name '*.json' 2>/dev/null) \
+# The demo repository is rebuilt when anything the build reads changes (not the trainers, phantoms
+# or benchmarks: retraining writes new files under export/weights/, which are read).
+EXPORT_INPUTS := $(shell find export/registry export/models export/checkpoints export/triton export/weights \
+		-name '*.py' -o -name '*.safetensors' -o -name '*.json' 2>/dev/null) \
+	export/__main__.py export/repository.py export/onnx_export.py export/weights_io.py export/hashing.py \
 	services/contract.py services/preprocess.py pyproject.toml
 
 .PHONY: serve serve-triton test install repository bench bento clean
