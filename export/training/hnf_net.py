@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training.loop import environment, parallel_map, train_steps, write_record
+from export.training.loop import DemoSettings, environment, parallel_map, train_steps, write_record
 from export.training.loop import progress as show_progress
 from export.models.hnf_net import HnfNet, build_hnf_net
 from export.phantoms.brats import BratsPhantom, make_brats_case
@@ -42,22 +42,15 @@ Corner = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(DemoSettings):
     """Hyper-parameters of the demo run (recorded in the JSON next to the weights)."""
 
-    seed: int = 0
-    steps: int = 500
     batch_size: int = 2
     pool_size: int = 100
     tumour_centred: float = 0.7  # fraction of patches centred on a random tumour voxel
     flips: bool = True  # random flip along each axis
     learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
     eval_cases: int = 40
-    eval_seed_offset: int = 1_000_003  # held-out phantoms use seed + this offset
-    workers: int = 2
-    threads: int = 2
 
 
 def demo_spec() -> ModelSpec:

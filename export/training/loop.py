@@ -7,8 +7,9 @@ import json
 import multiprocessing
 import platform
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -47,18 +48,25 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + np.cos(np.pi * fraction))
 
 
-class Schedule(Protocol):
-    """The optimisation fields every trainer's settings carry."""
+@dataclass(frozen=True)
+class DemoSettings:
+    """What every demo trainer's settings carry; each trainer subclasses it with its own fields and
+    defaults, and records the whole of it in the JSON next to the weights."""
 
-    steps: int
-    warmup_steps: int
-    learning_rate: float
-    weight_decay: float
+    seed: int = 0
+    steps: int = 500
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    eval_seed_offset: int = 1_000_003  # held-out data use seed + this offset
+    workers: int = 2
+    threads: int = 2
 
 
 def train_steps(
     parameters: list[torch.nn.Parameter],
-    schedule: Schedule,
+    schedule: DemoSettings,
     batch_loss: Callable[[], torch.Tensor],
     show: bool,
     clip_grad_norm: float | None = None,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training.loop import parallel_map, run_summary, train_steps, write_record
+from export.training.loop import DemoSettings, parallel_map, run_summary, train_steps, write_record
 from export.models.mast import MAST_CONFIGS, Mast, build_mast
 from export.phantoms.polyp import FRAME_SHAPES, make_polyp_clip
 from export.registry import WEIGHTS_DIR, get_spec
@@ -38,25 +38,18 @@ PAIR_GAP = 3  # reference = frame k + 3, as in MAST's training
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(DemoSettings):
     """Hyper-parameters of the demo run (recorded in the JSON next to the weights)."""
 
-    seed: int = 0
     steps: int = 340
     batch_size: int = 8  # frame pairs per step
     pool_clips: int = 320
     clip_frames: int = 6  # pairs (k, k+3) for k = 0 .. clip_frames - 4
     self_reference_fraction: float = 0.2
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
     boundary_weight: float = 5.0  # structure-loss weight map 1 + w·|avgpool(mask) − mask|
     boundary_kernel: int = 31
     eval_clips: int = 40
     eval_frames: int = 8
-    eval_seed_offset: int = 1_000_003  # held-out clips use seed + this offset
-    workers: int = 2
-    threads: int = 2
 
 
 def demo_preprocessing() -> Preprocessing:

@@ -30,7 +30,7 @@ from export.hashing import sha256_file
 from export.models.surgical_sam import NUM_CLASSES, SURGICAL_SAM_CONFIGS, SurgicalSam, build_surgical_sam
 from export.phantoms.surgical import SurgicalFrame, make_surgical_frame
 from export.registry import WEIGHTS_DIR, get_spec
-from export.training.loop import parallel_map, run_summary, train_steps, write_record
+from export.training.loop import DemoSettings, parallel_map, run_summary, train_steps, write_record
 from services.contract import Preprocessing
 from services.pipelines.class_prompted import frame_class_masks
 from services.preprocess import Letterbox, prepare_rgb
@@ -43,23 +43,17 @@ FRAME_SHAPE = (256, 320)  # (rows, cols): the EndoVis 1024×1280 aspect ratio, s
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(DemoSettings):
     """Hyper-parameters of the demo run (recorded in the JSON next to the weights)."""
 
-    seed: int = 0
     steps: int = 3000
     batch_size: int = 8  # frames per step; each frame prompts 1-4 classes
     pool_size: int = 3000
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
     warmup_steps: int = 30
     absent_prob: float = 0.5  # chance that a frame also prompts one absent class (empty target)
     iou_weight: float = 1.0
     prototype_init_std: float = 256**-0.5  # ours: unit-variance similarities f·p at the start
     eval_cases: int = 100
-    eval_seed_offset: int = 1_000_003  # held-out frames use seed + this offset
-    workers: int = 2
-    threads: int = 2
 
 
 def demo_preprocessing() -> Preprocessing:

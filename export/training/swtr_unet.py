@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from export.hashing import sha256_file
-from export.training.loop import environment, parallel_map, train_steps, write_record
+from export.training.loop import DemoSettings, environment, parallel_map, train_steps, write_record
 from export.models.swtr_unet import SWTR_UNET_CONFIGS, SwtrUnet
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
 from export.registry import WEIGHTS_DIR, get_spec
@@ -35,21 +35,13 @@ TRAIN_SHAPES = ((512, 512), (512, 400), (400, 512))  # (rows, cols) fields of vi
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(DemoSettings):
     """Hyper-parameters of the demo run (recorded in the JSON next to the weights)."""
 
-    seed: int = 0
-    steps: int = 500
-    batch_size: int = 8
     pool_size: int = 2000
     learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
     dice_weights: tuple[float, float] = (1.0, 3.0)  # soft Dice on (whole liver, lesion)
     eval_cases: int = 100
-    eval_seed_offset: int = 1_000_003  # held-out phantoms use seed + this offset
-    workers: int = 2
-    threads: int = 2
 
 
 def demo_preprocessing() -> Preprocessing:
