@@ -18,6 +18,14 @@ OPSET = 17
 EXTERNAL_DATA_OVER_BYTES = 1 << 30
 
 
+def example_inputs(model: nn.Module, inputs: tuple[TensorSpec, ...]) -> tuple[torch.Tensor, ...]:
+    """One call's inputs in ``inputs`` order: ``model.example_inputs()`` when the module defines it
+    (e.g. valid class ids), else float32 zeros with batch 1."""
+    if hasattr(model, "example_inputs"):
+        return tuple(model.example_inputs())
+    return tuple(torch.zeros((1, *spec.dims), dtype=torch.float32) for spec in inputs)
+
+
 def export_onnx(
     model: nn.Module,
     inputs: tuple[TensorSpec, ...],
@@ -27,16 +35,12 @@ def export_onnx(
 ) -> None:
     """Write ``model`` (eval mode) as ONNX with named tensors; axes declared -1 stay dynamic; run onnx.checker.
 
-    Example inputs come from ``model.example_inputs()`` when the module defines it (e.g. valid class
-    ids), else zeros with batch 1. Uses the TorchScript exporter at opset 17 (no onnxscript
+    Example inputs come from :func:`example_inputs`. Uses the TorchScript exporter at opset 17 (no onnxscript
     dependency; friendly to TensorRT). Parameters over ``external_data_over`` bytes go to
     ``<graph file>.data`` next to the graph (see :func:`store_external_data`).
     """
     model.eval()
-    if hasattr(model, "example_inputs"):
-        example = tuple(model.example_inputs())
-    else:
-        example = tuple(torch.zeros((1, *spec.dims), dtype=torch.float32) for spec in inputs)
+    example = example_inputs(model, inputs)
     dynamic_axes = getattr(model, "dynamic_axes", None) or {
         spec.name: {axis: "batch" for axis, size in enumerate(spec.shape) if size == -1} for spec in (*inputs, *outputs)
     }
