@@ -129,10 +129,12 @@ class SlidingWindow:
 @dataclass(frozen=True)
 class Batching:
     """Batching of the inference step: ``max_batch_size`` bounds the rows of one run in the
-    worker's GraphBatcher and in Triton's dynamic batcher; the preferred sizes go to Triton."""
+    worker's GraphBatcher and in Triton's dynamic batcher; the preferred sizes and the queue delay
+    go to Triton's dynamic batcher (the embedded GraphBatcher never waits: it merges what queued
+    while the back end was busy)."""
 
     max_batch_size: int
-    max_latency_ms: int  # recorded in medseg.json; the service's queue bound is MEDSEG_MAX_QUEUE_MS
+    max_queue_delay_us: int  # Triton's max_queue_delay_microseconds: how long a request may wait to fill a batch
     preferred_batch_sizes: tuple[int, ...] = ()
 
 
@@ -287,7 +289,7 @@ def card_from_dict(d: dict[str, Any]) -> ModelCard:
         ),
         batching=Batching(
             max_batch_size=d["batching"]["max_batch_size"],
-            max_latency_ms=d["batching"]["max_latency_ms"],
+            max_queue_delay_us=d["batching"]["max_queue_delay_us"],
             preferred_batch_sizes=tuple(d["batching"].get("preferred_batch_sizes", ())),
         ),
         weights=Weights(**d["weights"]),

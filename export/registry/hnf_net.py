@@ -48,7 +48,7 @@ def _spec() -> ModelSpec:
                 ),
             }
         ),
-        batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
+        batching=Batching(max_batch_size=4, max_queue_delay_us=5000, preferred_batch_sizes=(2, 4)),
     )
 
 

@@ -60,7 +60,7 @@ def _spec() -> ModelSpec:
                 ),
             }
         ),
-        batching=Batching(max_batch_size=8, max_latency_ms=1000, preferred_batch_sizes=(4, 8)),
+        batching=Batching(max_batch_size=8, max_queue_delay_us=5000, preferred_batch_sizes=(4, 8)),
         graph_layout=_graphs,
         ensemble=(
             EnsembleStep(

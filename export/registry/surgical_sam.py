@@ -85,7 +85,7 @@ def _spec() -> ModelSpec:
                 ),
             }
         ),
-        batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
+        batching=Batching(max_batch_size=4, max_queue_delay_us=5000, preferred_batch_sizes=(2, 4)),
         graph_layout=_graphs,
         ensemble=(
             EnsembleStep("image_encoder", {"image": "image"}, {"image_embedding": "image_embedding"}),

@@ -58,7 +58,7 @@ def graph_config(
     if batched:
         config.dynamic_batching.CopyFrom(
             mc.ModelDynamicBatching(
-                preferred_batch_size=list(batching.preferred_batch_sizes), max_queue_delay_microseconds=5000
+                preferred_batch_size=list(batching.preferred_batch_sizes), max_queue_delay_microseconds=batching.max_queue_delay_us
             )
         )
     if target == "cpu":

@@ -50,7 +50,7 @@ def tiny_entry() -> ModelEntry:
         variants=MappingProxyType(
             {"small": Variant("small", (32, 32), "one 1x1 convolution"), "paper": Variant("paper", (64, 64), "the same")}
         ),
-        batching=Batching(max_batch_size=4, max_latency_ms=1000, preferred_batch_sizes=(2, 4)),
+        batching=Batching(max_batch_size=4, max_queue_delay_us=5000, preferred_batch_sizes=(2, 4)),
     )
     return ModelEntry(spec=spec, build=lambda variant: TinySegmenter())
 

@@ -26,6 +26,8 @@ def test_cpu_target_is_the_python_backend_with_dynamic_batching() -> None:
     assert config.backend == "python" and not config.platform
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    # the card's queue delay is Triton's (5 ms for every model today)
+    assert config.dynamic_batching.max_queue_delay_microseconds == SPEC.batching.max_queue_delay_us == 5000
     assert config.parameters["graph"].string_value == "model.onnx"
     assert not config.model_warmup and not config.optimization.HasField("execution_accelerators")
 
