@@ -210,7 +210,7 @@ async def read_volume_form(request: Request, channel_names: tuple[str, ...]) -> 
 async def segment_volume(request: Request) -> Response:
     """POST /v1/segment/volume: multipart NIfTI channels (or one 4-D file), ``model``, ``output`` nifti | json."""
     service = bentoml.get_current_service()
-    names = tuple(dict.fromkeys(n for c in service.cards.values() if c.task == "volume3d" for n in c.channel_names))
+    names = tuple(dict.fromkeys(n for c in service.cards.values() if c.sliding_window is not None for n in c.channel_names))
     fields, uploads = await read_volume_form(request, names)
     card = service.card(fields.get("model", ""))
     output = check_volume_output(fields.get("output", "nifti"))
