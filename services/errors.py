@@ -6,6 +6,17 @@ never contain patient identifiers (names, IDs, dates) or internal details (paths
 
 from __future__ import annotations
 
+# Exceptions that ask the process (or a closing generator) to stop: no handler of this service
+# swallows them. Everything else a third-party library raises, pyo3's PanicException (a
+# BaseException) included, becomes one of the typed errors below.
+PROCESS_EXITS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def reraise_process_exit(error: BaseException) -> None:
+    """Re-raise ``error`` when it is one of PROCESS_EXITS; return otherwise."""
+    if isinstance(error, PROCESS_EXITS):
+        raise error
+
 
 class MedsegError(Exception):
     """Base class: an error with an HTTP status and a stable machine-readable code."""

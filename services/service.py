@@ -32,11 +32,14 @@ from services.contract import ModelCard, discover_cards
 from services.errors import BadInput, MedsegError, ModelNotFound, UnsupportedMediaType
 from services.http.concurrency_limit import ConcurrencyLimit
 from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
-from services.memory import limit_malloc_arenas
 from services.http.responses import typed_errors
+from services.http.upload_limit import UploadLimit
+from services.http.worker_calls import call_worker
+from services.memory import limit_malloc_arenas
 from services.pipelines.base import FrameRequest
 from services.runtime import InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
+from services.settings import load_settings
 from services.usecases.segment import (
     check_output_kind,
     frame_headers,
@@ -46,9 +49,6 @@ from services.usecases.segment import (
     segmentation_png,
 )
 from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
-from services.settings import load_settings
-from services.http.upload_limit import UploadLimit
-from services.http.worker_calls import call_worker
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")

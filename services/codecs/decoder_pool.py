@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from services.codecs.failures import PROCESS_EXITS
-from services.errors import BadInput, MedsegError, UnprocessableImage
+from services.errors import PROCESS_EXITS, BadInput, MedsegError, UnprocessableImage
 
 log = logging.getLogger("medseg.decode")
 T = TypeVar("T")

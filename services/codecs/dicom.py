@@ -23,8 +23,14 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.codecs.decoded import DecodedImage
-from services.codecs.failures import reraise_process_exit
-from services.errors import BadInput, MedsegError, NotAnImage, UnprocessableImage, UnsupportedTransferSyntax
+from services.errors import (
+    BadInput,
+    MedsegError,
+    NotAnImage,
+    UnprocessableImage,
+    UnsupportedTransferSyntax,
+    reraise_process_exit,
+)
 
 MAX_FRAMES = 2048
 MAX_FRAME_PIXELS = 100_000_000  # rows × cols

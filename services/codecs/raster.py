@@ -9,8 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.codecs.decoded import DecodedImage
 from services.codecs.dicom import quiet_decoders
-from services.codecs.failures import reraise_process_exit
-from services.errors import BadInput, MedsegError, UnprocessableImage
+from services.errors import BadInput, MedsegError, UnprocessableImage, reraise_process_exit
 
 MAX_PIXELS = 100_000_000  # width × height
 

@@ -47,6 +47,7 @@ from services.errors import (
     InternalError,
     MedsegError,
     Overloaded,
+    PROCESS_EXITS,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
@@ -76,10 +77,6 @@ _SERVER_SIDE_MESSAGES = {
 BENTOML_TIMEOUT_MARGIN_S = 5.0
 
 SLOW_STOP_S = 1.0  # a cancelled route that takes longer to stop is logged
-
-# Not swallowed: they ask the process to stop (asyncio re-raises them out of the event loop).
-_PROCESS_EXITS = (KeyboardInterrupt, SystemExit)
-
 
 def validation_message(details: list[dict[str, Any]]) -> str:
     """pydantic error dicts (``loc``, ``msg``) → "invalid request: 'file': Field required; ..."."""
@@ -186,8 +183,8 @@ class _Exchange:
 
 def _is_process_exit(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(_PROCESS_EXITS) is not None
-    return isinstance(error, _PROCESS_EXITS)
+        return error.subgroup(PROCESS_EXITS) is not None
+    return isinstance(error, PROCESS_EXITS)
 
 
 def _where(scope: Scope) -> str:

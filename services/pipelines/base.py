@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import anyio
 import numpy as np
 
+from services.codecs import decode
 from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard, Region
 from services.errors import BadInput, UnprocessableImage
@@ -86,6 +88,15 @@ def prepare_rgb_frames(image: DecodedImage, card: ModelCard) -> PreparedFrames:
     check_min_side(image)
     prepared = [prepare_rgb(frame, image.modality, image.pixel_spacing_mm, card.preprocessing) for frame in image.pixels]
     return PreparedFrames(np.stack([t for t, _ in prepared]), tuple(b for _, b in prepared))
+
+
+async def decoded_frames(
+    data: bytes, card: ModelCard, decoding: DecodeRunner, prepare: Callable[[DecodedImage, ModelCard], PreparedFrames]
+) -> tuple[DecodedImage, PreparedFrames]:
+    """An upload decoded by ``decoding`` (the decoder pool), then its frames made network inputs
+    by ``prepare`` off the event loop."""
+    image = await decoding(decode, data)
+    return image, await anyio.to_thread.run_sync(prepare, image, card)
 
 
 def check_threshold(value: float | None, default: float) -> float:

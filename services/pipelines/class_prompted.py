@@ -16,10 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import anyio
 import numpy as np
 
-from services.codecs import decode
 from services.contract import ModelCard
 from services.errors import BadInput
 from services.pipelines.base import (
@@ -28,6 +26,7 @@ from services.pipelines.base import (
     PreparedFrames,
     Segmentation,
     check_threshold,
+    decoded_frames,
     logit_cut,
     prepare_rgb_frames,
 )
@@ -151,8 +150,7 @@ class ClassPromptedPipeline:
     ) -> Segmentation:
         chosen = parse_classes(request.classes, card)
         threshold = check_threshold(request.threshold, card.threshold)
-        image = await decoding(decode, request.data)
-        frames = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+        image, frames = await decoded_frames(request.data, card, decoding, prepare_rgb_frames)
         class_ids = chosen or promptable_classes(card)
         results = await prompt_frames(frames, class_ids, card, run_graph, threshold)
         details = {

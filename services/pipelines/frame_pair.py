@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import anyio
 import numpy as np
 
-from services.codecs import decode
 from services.contract import ModelCard
 from services.errors import UnprocessableImage
 from services.pipelines.base import (
@@ -21,6 +19,7 @@ from services.pipelines.base import (
     PreparedFrames,
     Segmentation,
     check_threshold,
+    decoded_frames,
     labels_from_regions,
     logit_cut,
     prepare_rgb_frames,
@@ -60,12 +59,10 @@ class FramePairPipeline:
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
     ) -> Segmentation:
         threshold = check_threshold(request.threshold, card.threshold)
-        image = await decoding(decode, request.data)
-        anchors = await anyio.to_thread.run_sync(prepare_rgb_frames, image, card)
+        image, anchors = await decoded_frames(request.data, card, decoding, prepare_rgb_frames)
         prepared_reference = None
         if request.reference is not None:
-            reference_image = await decoding(decode, request.reference)
-            prepared_reference = await anyio.to_thread.run_sync(prepare_rgb_frames, reference_image, card)
+            _, prepared_reference = await decoded_frames(request.reference, card, decoding, prepare_rgb_frames)
         labels = await pair_labels(anchors, prepared_reference, card, run_graph, threshold)
         details = {"threshold": threshold, "reference": "provided" if request.reference is not None else "self"}
         return Segmentation(image, labels, card, details)

@@ -8,10 +8,16 @@ from typing import ClassVar
 import anyio
 import numpy as np
 
-from services.codecs import decode
 from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard
-from services.pipelines.base import DecodeRunner, FrameRequest, PreparedFrames, Segmentation, check_min_side
+from services.pipelines.base import (
+    DecodeRunner,
+    FrameRequest,
+    PreparedFrames,
+    Segmentation,
+    check_min_side,
+    decoded_frames,
+)
 from services.pipelines.ensemble import GraphRunner
 from services.postprocess import label_map_from_logits
 from services.preprocess import Letterbox, prepare_slice
@@ -42,8 +48,7 @@ class Image2dPipeline:
     async def segment(
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
     ) -> Segmentation:
-        image = await decoding(decode, request.data)
-        prepared = await anyio.to_thread.run_sync(prepare_frames, image, card)
+        image, prepared = await decoded_frames(request.data, card, decoding, prepare_frames)
         outputs = await run_graph(card.name, {card.inputs[0].name: prepared.tensors})  # the worker splits rows
         logits = outputs[card.outputs[0].name]
         labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)

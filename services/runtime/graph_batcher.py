@@ -11,8 +11,9 @@ call wait about as long as recent calls queued: seconds after a burst).
 A call larger than its graph's row limit is split into parts of at most the limit.
 Unbatched graphs (full shapes, SurgicalSAM's prompt stage) are never merged. If a merged run
 fails for any reason but :class:`BackendUnavailable` (the back end is down: every call of the
-run gets it), each of its calls is run again alone, so one bad call cannot fail the others. A call that waited more than ``max_queue_s`` for a slot is refused
-with :class:`Overloaded` instead of run.
+run gets it), each of its calls is run again alone, so one bad call cannot fail the others. A
+call that waited more than ``max_queue_s`` for a slot is refused with :class:`Overloaded`
+instead of run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.contract import ModelCard
-from services.errors import BackendUnavailable, Overloaded
+from services.errors import PROCESS_EXITS, BackendUnavailable, Overloaded
 
 Tensors = dict[str, np.ndarray]
 Infer = Callable[[str, Tensors], Awaitable[Tensors]]
@@ -148,7 +149,7 @@ class GraphBatcher:
             failure = error if isinstance(error, Exception) else RuntimeError(f"the back end failed ({type(error).__name__})")
             for call in batch:
                 _settle(call.future, error=failure)
-            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            if isinstance(error, PROCESS_EXITS):
                 raise
         finally:
             self._running -= 1

@@ -12,8 +12,8 @@ from services.codecs.nifti import NiftiVolume, read_nifti, split_channels, stack
 from services.contract import ModelCard
 from services.errors import BadInput, UnprocessableImage
 from services.pipelines.base import MIN_SIDE, DecodeRunner, labels_from_regions
-from services.usecases.segment import provenance
 from services.pipelines.volume3d import PatchRunner, sliding_window_async, zscore_over_foreground
+from services.usecases.segment import provenance
 
 VOLUME_OUTPUT_KINDS = ("nifti", "json")
 SINGLE_FILE_FIELD = "file"

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from collections.abc import Iterator
@@ -24,13 +23,13 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from load.local_service import ROOT, LocalService, free_port, local_service
+from services.codecs.render import png_bytes
 from services.errors import InternalError
 from services.http.framework_errors import BENTOML_TIMEOUT_MARGIN_S, FrameworkErrors
 from export.phantoms.dicom_writer import write_multiframe
@@ -89,12 +88,6 @@ def serve(target: str, workdir: Path, env: dict[str, str], ready_path: str) -> C
     return local_service(REPOSITORY, workdir, env=env, target=target, ready_path=ready_path)
 
 
-def png_of(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def segment(http: httpx.Client, data: bytes, name: str = "x.png") -> httpx.Response:
     return http.post("/v1/segment", files={"file": (name, data, "application/octet-stream")}, data={"model": "swtr_unet"})
 
@@ -127,7 +120,7 @@ def test_not_ready_and_an_unreachable_backend_answer_the_contract_503(tmp_path: 
         base_url=service.url, timeout=30
     ) as http:
         ready = http.get("/readyz")  # BentoML's probe of its dependency: Starlette's plain text before
-        refused = segment(http, png_of(np.zeros((32, 32), np.uint8)))
+        refused = segment(http, png_bytes(np.zeros((32, 32), np.uint8)))
     for response in (ready, refused):
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "backend_unavailable" and response.json()["message"]
@@ -176,7 +169,7 @@ def test_past_the_deadline_the_contract_504_comes_at_the_deadline_and_the_infere
             last = now
         assert settled is not None, "the worker was still running the timed-out request's slices after 30 s"
         assert settled - before < frames
-        assert segment(http, png_of(np.zeros((32, 32), np.uint8))).status_code == 200  # and serving on
+        assert segment(http, png_bytes(np.zeros((32, 32), np.uint8))).status_code == 200  # and serving on
     assert f"no response within the {DEADLINE_S:g} s deadline" in hurried.log_text()
 
 
@@ -201,7 +194,7 @@ def test_a_streamed_body_over_the_limit_is_413_not_500(hurried: LocalService, ro
         )
         assert response.status_code == 413, response.text
         assert response.json()["error"] == "payload_too_large"
-        assert segment(http, png_of(np.zeros((32, 32), np.uint8))).status_code == 200
+        assert segment(http, png_bytes(np.zeros((32, 32), np.uint8))).status_code == 200
 
 
 def test_past_the_concurrency_limit_the_contract_429_with_retry_after(tmp_path: Path) -> None:

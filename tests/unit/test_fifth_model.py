@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from export.registry import REGISTRY, ModelEntry, get_spec
 from export.registry.base import Variant
 from export.repository import build_model_folder
 from services.codecs import decode
+from services.codecs.render import png_bytes
 from services.contract import Batching, discover_cards
 from services.pipelines.base import FrameRequest
 from services.runtime.ort_backend import OrtBackend
@@ -62,12 +61,6 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> ModelEntry:
     return entry
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_a_fifth_model_needs_one_registry_entry(registered: ModelEntry, tmp_path: Path) -> None:
     spec = registered.spec
     registry_checks.test_labels_are_unique_sorted_and_coded(spec)  # the registry-wide checks
@@ -86,6 +79,6 @@ def test_a_fifth_model_needs_one_registry_entry(registered: ModelEntry, tmp_path
 
     slice_ = np.zeros((40, 50), np.uint8)
     slice_[10:30, 10:40] = 255  # bright: the lesion band
-    seg = asyncio.run(segment_upload(FrameRequest(png(slice_)), cards["tiny_seg"], run_graph, decoding))
-    assert seg.labels.shape == (1, 40, 50) and seg.image.rows == decode(png(slice_)).rows
+    seg = asyncio.run(segment_upload(FrameRequest(png_bytes(slice_)), cards["tiny_seg"], run_graph, decoding))
+    assert seg.labels.shape == (1, 40, 50) and seg.image.rows == decode(png_bytes(slice_)).rows
     assert (seg.labels[0, 15:25, 15:35] == 2).all() and (seg.labels[0, :5, :5] == 0).all()

@@ -11,7 +11,6 @@ import logging
 import time
 from http import HTTPStatus
 
-import anyio
 import httpx
 import pydantic
 import pytest
