@@ -1,0 +1,1 @@
+"""DICOMweb: the STOW-RS receiver's request parsing (PS3.18 §10.5)."""
