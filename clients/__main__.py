@@ -1,4 +1,4 @@
-"""``python -m clients {models,segment,volume} ...``: call a running medseg-serve from the shell."""
+"""``python -m clients {models,segment,volume,stow} ...``: call a running medseg-serve from the shell."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     segment = sub.add_parser("segment", help="segment a DICOM, PNG or JPEG file")
     segment.add_argument("file", type=Path)
     segment.add_argument("--model", required=True)
-    segment.add_argument("--output", choices=["png", "json", "overlay"], default="png")
+    segment.add_argument("--output", choices=["png", "json", "overlay", "seg"], default="png")
     segment.add_argument("-o", "--out", type=Path, help="where to write the PNG (png/overlay)")
     segment.add_argument("--reference", type=Path, help="frame-pair models: the reference frame")
     segment.add_argument("--threshold", type=float, help="sigmoid models: threshold (0-1)")
@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     volume.add_argument("--model", required=True)
     volume.add_argument("--output", choices=["nifti", "json"], default="nifti")
     volume.add_argument("-o", "--out", type=Path, default=Path("labels.nii.gz"), help="where to write the label map")
+    stow = sub.add_parser("stow", help="STOW-RS a folder of DICOM files, wait for the jobs and save the SEGs")
+    stow.add_argument("folder", type=Path)
+    stow.add_argument("-o", "--out", type=Path, default=Path("seg"), help="folder the SEG files are written to")
+    stow.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the jobs")
+    stow.add_argument("--no-wait", action="store_true", help="store only")
     args = parser.parse_args(argv)
     if args.command == "volume" and any("=" not in item for item in args.channels):
         parser.error("volume channels are NAME=FILE, e.g. t1=case_t1.nii.gz (or file=case_4d.nii.gz)")
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "models":
                 print(json.dumps(client.models(), indent=2))
                 return 0
+            if args.command == "stow":
+                return stow_folder(client, args.folder, args.out, args.timeout, not args.no_wait)
             if args.command == "volume":
                 channels = dict(item.split("=", 1) for item in args.channels)
                 result = client.segment_volume({k: Path(v) for k, v in channels.items()}, args.model, args.output)
@@ -51,10 +58,35 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, dict):
         print(json.dumps(result, indent=2))
     else:
-        out = args.out or args.file.with_suffix(f".{args.output}.png")  # volume: --out defaults to labels.nii.gz
+        suffix = ".seg.dcm" if args.output == "seg" else f".{args.output}.png"
+        out = args.out or args.file.with_suffix(suffix)  # volume: --out defaults to labels.nii.gz
         out.write_bytes(result)
         print(f"wrote {out}")
     return 0
+
+
+def stow_folder(client: MedsegClient, folder: Path, out: Path, timeout_s: float, wait: bool) -> int:
+    """Send every file under ``folder`` (DICOM files; others are refused by the service and
+    reported), then wait for each study's jobs and write their SEGs to ``out``."""
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    summary = client.stow(paths)
+    print(f"stored {sum(len(v) for v in summary.stored.values())} instance(s) in {len(summary.stored)} study(ies); "
+          f"refused {len(summary.failed)}")
+    if not wait:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for study in summary.stored:
+        for job in client.wait_for_jobs(study, timeout_s):
+            print(f"job {job['id']}: {job['state']} ({job['model']}, {job['instance_count']} instance(s)) "
+                  f"{job['reason'] or ''}".rstrip())
+            failed += job["state"] in ("failed", "delivery_failed")
+            for result in job["results"]:
+                for data in client.retrieve(result["url"]):
+                    path = out / f"{result['sop_instance_uid']}.dcm"
+                    path.write_bytes(data)
+                    print(f"wrote {path}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from services.dicomweb.multipart import PartData, PartEnd, RelatedParts, related_content_type
+
+FINAL_JOB_STATES = frozenset({"done", "failed", "delivered", "delivery_failed"})
+
+
+@dataclass
+class StowSummary:
+    """What a STOW of files stored: SOP instance UIDs by study, and the refused ones' reasons."""
+
+    stored: dict[str, list[str]] = field(default_factory=dict)  # study UID → SOP instance UIDs
+    failed: list[dict[str, Any]] = field(default_factory=list)  # FailedSOPSequence items (DICOM JSON)
+
+
+def _stow_body(paths: Sequence[Path], boundary: str) -> Iterator[bytes]:
+    """A STOW-RS body streamed one file at a time."""
+    for path in paths:
+        data = path.read_bytes()
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _study_of(retrieve_url: str) -> str:
+    """The study UID in a RetrieveURL (``.../studies/{study}/series/...``)."""
+    parts = retrieve_url.split("/")
+    return parts[parts.index("studies") + 1] if "studies" in parts else ""
+
+
+def related_parts(content_type: str, body: bytes) -> list[bytes]:
+    """The parts of a multipart/related answer (WADO-RS)."""
+    parser = RelatedParts(related_content_type(content_type).boundary)
+    parts, current = [], bytearray()
+    for event in parser.feed(body):
+        if isinstance(event, PartData):
+            current += event.data
+        elif isinstance(event, PartEnd):
+            parts.append(bytes(current))
+            current = bytearray()
+    parser.finish()
+    return parts
 
 
 class MedsegHTTPError(RuntimeError):
@@ -87,6 +131,55 @@ class MedsegClient:
         reference_data = reference.read_bytes() if reference is not None else None
         response = self.segment_bytes(path.read_bytes(), model, output, path.name, reference_data, threshold, classes)
         return response.json() if output == "json" else response.content
+
+    def stow(self, paths: Sequence[Path], batch: int = 100) -> StowSummary:
+        """STOW-RS the DICOM files to POST /dicom-web/studies, ``batch`` files per request
+        (each body streamed, never built in memory); 200 and 202 answers are summed up, a
+        400 / 409 / 415 raises MedsegHTTPError (with the failures in its message)."""
+        summary = StowSummary()
+        for start in range(0, len(paths), batch):
+            boundary = uuid.uuid4().hex
+            response = self._http.post(
+                "/dicom-web/studies",
+                content=_stow_body(paths[start:start + batch], boundary),
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                    "Accept": "application/dicom+json",
+                },
+            )
+            if response.status_code in (400, 409) and response.headers.get("content-type", "").startswith("application/dicom+json"):
+                raise MedsegHTTPError(response.status_code, "stow_refused", str(response.json().get("00081198")))
+            _raise_for_error(response)
+            body = response.json()
+            for item in (body.get("00081199") or {}).get("Value", []):
+                url = item.get("00081190", {}).get("Value", [""])[0]
+                summary.stored.setdefault(_study_of(url), []).append(item["00081155"]["Value"][0])
+            summary.failed += (body.get("00081198") or {}).get("Value", [])
+        return summary
+
+    def jobs(self, study: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/jobs (of one study), newest first."""
+        response = self._http.get("/v1/jobs", params={"study": study} if study else None)
+        _raise_for_error(response)
+        return response.json()["jobs"]
+
+    def wait_for_jobs(self, study: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> list[dict[str, Any]]:
+        """The study's jobs once there is at least one and every one has ended (done, failed,
+        delivered, delivery_failed); TimeoutError with the last states otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jobs = self.jobs(study)
+            if jobs and all(job["state"] in FINAL_JOB_STATES for job in jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs not finished after {timeout_s:g} s: {[job['state'] for job in jobs]}")
+            time.sleep(poll_s)
+
+    def retrieve(self, url: str) -> list[bytes]:
+        """WADO-RS GET of a series or instance URL: the DICOM files."""
+        response = self._http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+        _raise_for_error(response)
+        return related_parts(response.headers["content-type"], response.content)
 
     def segment_volume(self, channels: dict[str, Path], model: str, output: str = "nifti") -> bytes | dict[str, Any]:
         """POST /v1/segment/volume: NIfTI files by channel name (``t1``... or one 4-D ``file``):

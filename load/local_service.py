@@ -82,6 +82,7 @@ def local_service(
         "MEDSEG_BACKEND": "embedded",
         "MEDSEG_MODEL_REPOSITORY": str(repository),
         "BENTOML_HOME": str(workdir / "bentoml-home"),
+        "MEDSEG_DATA_DIR": str(workdir / "data"),  # the DICOMweb spool and job store
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

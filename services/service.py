@@ -7,6 +7,7 @@ concurrent calls to the same graph into one run (GraphBatcher). All logic lives 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from http import HTTPStatus
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Optional, Union
 
 import anyio
 import bentoml
+import httpx
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import TensorSchema
@@ -29,25 +31,34 @@ from starlette.routing import Route
 from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
 from services.contract import ModelCard, discover_cards
+from services.dicomweb.routes import JOB_ROUTES, dicomweb_app
 from services.errors import BadInput, MedsegError, ModelNotFound, UnsupportedMediaType
 from services.http.concurrency_limit import ConcurrencyLimit
 from services.http.framework_errors import FrameworkErrors, scrub_client_error_logs
 from services.http.responses import typed_errors
 from services.http.upload_limit import UploadLimit
 from services.http.worker_calls import call_worker
+from services.jobs.outbox import deliver
+from services.jobs.routing import load_routes
+from services.jobs.scheduler import RunOutput, Scheduler, SchedulerSettings
+from services.jobs.spool import Spool
+from services.jobs.store import Job, JobStore
 from services.memory import limit_malloc_arenas
 from services.pipelines.base import FrameRequest
 from services.runtime import InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
 from services.settings import load_settings
+from services.usecases.run_job import load_job_series, run_job
 from services.usecases.segment import (
     check_output_kind,
     frame_headers,
     segment_upload,
+    segmentation_dicom,
     segmentation_json,
     segmentation_overlay,
     segmentation_png,
 )
+from services.usecases.stow import Inbox
 from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 
 SETTINGS = load_settings()
@@ -233,10 +244,12 @@ routes_v1 = Starlette(
     routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/segment/volume", segment_volume, methods=["POST"]),
+        *JOB_ROUTES,
     ]
 )
 
 
+@bentoml.asgi_app(dicomweb_app, path="/dicom-web")
 @bentoml.asgi_app(routes_v1, path="/v1")
 @bentoml.service(
     name="medseg",
@@ -245,7 +258,8 @@ routes_v1 = Starlette(
     traffic={"timeout": FrameworkErrors.bentoml_timeout_s(SETTINGS.request_timeout_s)},
 )
 class Segmenter:
-    """Public routes: POST /v1/segment, POST /v1/segment/volume, GET /v1/models, /livez, /readyz, /metrics."""
+    """Public routes: POST /v1/segment, POST /v1/segment/volume, GET /v1/models, /livez, /readyz,
+    /metrics; DICOMweb (STOW-RS in, QIDO/WADO-RS of results) under /dicom-web and its jobs under /v1/jobs."""
 
     inference = bentoml.depends(InferenceWorker)
 
@@ -253,14 +267,48 @@ class Segmenter:
         self.cards = discover_cards(SETTINGS.repository)
         self.unbatched_graphs = frozenset().union(*(card.unbatched_graphs() for card in self.cards.values()))
         self.decoders = DecoderPool(SETTINGS.decode_workers, SETTINGS.decode_budget_s, SETTINGS.decode_memory_bytes)
+        channels = {name: card.channel_names if card.sliding_window else () for name, card in self.cards.items()}
+        self.inbox = Inbox(
+            Spool(SETTINGS.data_dir), JobStore(SETTINGS.data_dir / "jobs.sqlite3"), load_routes(SETTINGS.routes_path, channels)
+        )
+        self.pacs_url = SETTINGS.pacs_url
+        self.scheduler = Scheduler(
+            self.inbox.store,
+            SchedulerSettings(SETTINGS.series_quiet_s, SETTINGS.delivery_attempts, SETTINGS.delivery_backoff_s),
+            self.run_inbox_job,
+            self.deliver_results if self.pacs_url else None,
+        )
+        self._jobs_task: asyncio.Task[None] | None = None
+        self._pacs_client: httpx.AsyncClient | None = None
         log.info("serving %s from %s", ", ".join(self.cards) or "no model", SETTINGS.repository)
 
     def __is_ready__(self) -> bool:
         return bool(self.cards)
 
+    @bentoml.on_startup
+    async def start_jobs(self) -> None:
+        """The DICOMweb job loop, in this process's event loop (one API worker: one loop)."""
+        self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
+
     @bentoml.on_shutdown
-    def stop_decoders(self) -> None:
+    async def stop(self) -> None:
+        if self._jobs_task is not None:
+            self._jobs_task.cancel()
+        if self._pacs_client is not None:
+            await self._pacs_client.aclose()
         self.decoders.close()
+        self.inbox.store.close()
+
+    async def run_inbox_job(self, job: Job) -> RunOutput:
+        card = self.card(job.model)
+        series = await load_job_series(self.inbox.store, job)
+        return await run_job(job, series, card, self.inbox.spool, self.run_graph, self.decoders.run)
+
+    async def deliver_results(self, job: Job) -> None:
+        assert self.pacs_url is not None
+        if self._pacs_client is None:
+            self._pacs_client = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0))
+        await deliver(self._pacs_client, self.pacs_url, job.results)
 
     def card(self, model: str) -> ModelCard:
         if not model:
@@ -291,7 +339,8 @@ class Segmenter:
         threshold: Optional[float] = None,  # noqa: UP007 - BentoML's form parsing needs the typing form
         classes: Optional[Union[int, str]] = None,  # noqa: UP007 - a lone "3" arrives parsed as a number
     ):
-        """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay.
+        """Segment a PNG, JPEG or DICOM image (single- or multi-frame); output png | json | overlay |
+        seg (DICOM input: a DICOM Segmentation of the instance).
 
         Frame-pair models (MAST) take an optional ``reference`` frame and sigmoid ``threshold``;
         class-prompted models (SurgicalSAM) an optional ``classes`` list ("1,4" or names) and ``threshold``.
@@ -307,6 +356,9 @@ class Segmenter:
         request = FrameRequest(data, reference_data, threshold, None if classes is None else str(classes))
         seg = await segment_upload(request, card, self.run_graph, self.decoders.run)
         # Encoding a 120-frame answer takes seconds: off the event loop, which serves every request.
+        if output == "seg":
+            body = await anyio.to_thread.run_sync(segmentation_dicom, seg, data)
+            return Response(content=body, media_type="application/dicom", headers=frame_headers(seg))
         if output == "json":
             return await anyio.to_thread.run_sync(lambda: JSONResponse(segmentation_json(seg), headers=frame_headers(seg)))
         render = segmentation_png if output == "png" else segmentation_overlay
@@ -316,5 +368,7 @@ class Segmenter:
 
 Segmenter.add_asgi_middleware(FrameworkErrors, deadline_s=SETTINGS.request_timeout_s)  # first added: outermost
 Segmenter.add_asgi_middleware(ConcurrencyLimit, max_in_flight=SETTINGS.max_concurrency)
-Segmenter.add_asgi_middleware(UploadLimit, max_bytes=SETTINGS.max_upload_bytes)
+Segmenter.add_asgi_middleware(
+    UploadLimit, max_bytes=SETTINGS.max_upload_bytes, path_limits={"/dicom-web/": SETTINGS.max_study_bytes}
+)
 scrub_client_error_logs()

@@ -24,6 +24,13 @@ class Settings:
     decode_memory_bytes: int = 4 << 30  # MEDSEG_DECODE_MEMORY_MB: address space of one decoder process
     triton_urls: tuple[str, ...] = ()  # TRITON_URLS: comma-separated host:grpc_port of the Triton servers
     triton_timeout_s: float = 60.0  # MEDSEG_TRITON_TIMEOUT_S: per inference call, end to end
+    data_dir: Path = Path("data")  # MEDSEG_DATA_DIR: the DICOMweb spool, results and the SQLite job store
+    max_study_bytes: int = 4 << 30  # MEDSEG_MAX_STUDY_MB: a larger STOW-RS body gets 413
+    series_quiet_s: float = 10.0  # MEDSEG_SERIES_QUIET_S: a series becomes a job this long after its last instance
+    routes_path: Path | None = None  # MEDSEG_ROUTES: the routing file (None: services/jobs/default_routes.json)
+    pacs_url: str | None = None  # MEDSEG_PACS_URL: DICOMweb root the SEGs are stored to (None: pull only)
+    delivery_attempts: int = 8  # MEDSEG_DELIVERY_ATTEMPTS: STOW tries before a job is delivery_failed
+    delivery_backoff_s: float = 2.0  # MEDSEG_DELIVERY_BACKOFF_S: first retry delay, doubled per try (cap 5 min)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -45,4 +52,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         decode_memory_bytes=int(float(env.get("MEDSEG_DECODE_MEMORY_MB", "4096")) * 1024 * 1024),
         triton_urls=tuple(u.strip() for u in env.get("TRITON_URLS", "127.0.0.1:8001").split(",") if u.strip()),
         triton_timeout_s=float(env.get("MEDSEG_TRITON_TIMEOUT_S", "60")),
+        data_dir=Path(env.get("MEDSEG_DATA_DIR", "data")),
+        max_study_bytes=int(float(env.get("MEDSEG_MAX_STUDY_MB", "4096")) * 1024 * 1024),
+        series_quiet_s=float(env.get("MEDSEG_SERIES_QUIET_S", "10")),
+        routes_path=Path(env["MEDSEG_ROUTES"]) if env.get("MEDSEG_ROUTES") else None,
+        pacs_url=env.get("MEDSEG_PACS_URL") or None,
+        delivery_attempts=int(env.get("MEDSEG_DELIVERY_ATTEMPTS", "8")),
+        delivery_backoff_s=float(env.get("MEDSEG_DELIVERY_BACKOFF_S", "2")),
     )

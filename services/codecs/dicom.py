@@ -118,7 +118,7 @@ def quiet_decoders() -> None:
 
 def _decode(ds: Dataset, data: bytes) -> DecodedImage:
     _require_image(ds, data)
-    syntax = _transfer_syntax(ds)
+    syntax = pixel_transfer_syntax(ds)
     layout = _layout(ds)
     _check_size(layout)
     decoded, photometric = _decode_pixels(ds, syntax, layout)
@@ -176,7 +176,7 @@ def _require_image(ds: Dataset, data: bytes) -> None:
         return
     described = f"a DICOM {name} object" if name else "a DICOM object of unknown class"
     is_image_class = name is None or "Image Storage" in name
-    if _is_cut_short(ds, data) or (is_image_class and any(tag in data for tag in _PIXEL_TAG_BYTES)):
+    if is_cut_short(ds, data) or (is_image_class and any(tag in data for tag in _PIXEL_TAG_BYTES)):
         raise BadInput(f"the upload is {described} but the file is truncated or malformed")
     if name and "Image Storage" in name:
         raise NotAnImage(
@@ -185,7 +185,7 @@ def _require_image(ds: Dataset, data: bytes) -> None:
     raise NotAnImage(f"the upload is {described}, which has no image pixels; send an image to segment")
 
 
-def _is_cut_short(ds: Dataset, data: bytes) -> bool:
+def is_cut_short(ds: Dataset, data: bytes) -> bool:
     """True when a top-level value is shorter than its declared length, or bytes remain after
     the last element the parser kept: the file was cut or is corrupt."""
     last = None
@@ -200,7 +200,7 @@ def _is_cut_short(ds: Dataset, data: bytes) -> bool:
     return False
 
 
-def _transfer_syntax(ds: Dataset) -> UID:
+def pixel_transfer_syntax(ds: Dataset) -> UID:
     """The transfer syntax, inferred for native data when the file meta lacks it; 415 if undecodable."""
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()

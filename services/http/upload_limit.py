@@ -33,15 +33,22 @@ class UploadLimit:
     streamed body is refused the moment it passes the limit, whatever the route then does with
     the error raised into it."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], max_bytes: int, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})  # path prefix → its own limit (STOW-RS studies)
 
-    def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes // (1024 * 1024)} MiB")
+    def limit_for(self, path: str) -> int:
+        return next((limit for prefix, limit in self.path_limits.items() if path.startswith(prefix)), self.max_bytes)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(self._error().to_body()).encode()
+    @staticmethod
+    def _error(limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds the limit of {limit // (1024 * 1024)} MiB")
+
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = json.dumps(self._error(limit).to_body()).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -55,10 +62,11 @@ class UploadLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(str(scope.get("path", "")))
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         started = False
@@ -69,11 +77,11 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     if not started and not rejected:
                         rejected = True
-                        await self._reject(send)
-                    raise _TooLarge(self._error().message)
+                        await self._reject(send, limit)
+                    raise _TooLarge(self._error(limit).message)
             return message
 
         async def tracking_send(message: Message) -> None:

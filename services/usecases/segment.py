@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from services.codecs.dicom import read_dataset
 from services.codecs.render import display_frames, overlay, png_bytes, tile_frames
+from services.codecs.seg import build_segmentation, segmentation_bytes
 from services.contract import ModelCard
-from services.errors import BadInput, UnprocessableImage
+from services.errors import BadInput, UnprocessableImage, UnsupportedMediaType
 from services.pipelines import FRAME_PIPELINES
 from services.pipelines.base import DecodeRunner, FrameRequest, Segmentation, check_fields
 from services.pipelines.ensemble import GraphRunner
 from services.postprocess import label_statistics, rle_encode
 
-OUTPUT_KINDS = ("png", "json", "overlay")
+OUTPUT_KINDS = ("png", "json", "overlay", "seg")
 
 
 def check_output_kind(output: str) -> str:
@@ -82,6 +84,15 @@ def segmentation_overlay(seg: Segmentation) -> bytes:
     display = display_frames(seg.image.pixels, window)
     colours = {label.id: label.color for label in seg.card.labels}
     return png_bytes(tile_frames(overlay(display, seg.labels, colours)))
+
+
+def segmentation_dicom(seg: Segmentation, upload: bytes) -> bytes:
+    """The ``seg`` output: a DICOM Segmentation of the uploaded instance (single- or multi-frame),
+    one segment per label of the card, in the upload's study."""
+    if seg.image.source != "dicom":
+        raise UnsupportedMediaType("output=seg needs a DICOM upload (the SEG references its source instance)")
+    header = read_dataset(upload, stop_before_pixels=True)
+    return segmentation_bytes(build_segmentation([header], seg.labels, seg.card))
 
 
 def frame_headers(seg: Segmentation) -> dict[str, str]:

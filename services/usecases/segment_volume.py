@@ -73,12 +73,20 @@ async def segment_volume_uploads(
     check_volume_model(card)
     assert card.sliding_window is not None
     channels, reference = await decoding(channels_from_uploads, uploads, card, max_bytes)
+    labels = await segment_channels(channels, card, run, parallel_batches)
+    return VolumeSegmentation(labels, reference, card)
+
+
+async def segment_channels(channels: np.ndarray, card: ModelCard, run: PatchRunner, parallel_batches: int) -> np.ndarray:
+    """(C, X, Y, Z) co-registered channels in the card's order → (X, Y, Z) uint8 labels: z-score,
+    sliding-window inference, threshold and paint the labels (``card.regions``)."""
+    check_volume_model(card)
+    assert card.sliding_window is not None
     if channels.shape[0] != card.preprocessing.channels:
         raise UnprocessableImage(f"model {card.name!r} takes {card.preprocessing.channels} channels")
     normalised = await anyio.to_thread.run_sync(zscore_over_foreground, channels)
     probabilities = await sliding_window_async(normalised, run, card.sliding_window, parallel_batches)
-    labels = labels_from_regions(probabilities >= card.threshold, card.regions)
-    return VolumeSegmentation(labels, reference, card)
+    return labels_from_regions(probabilities >= card.threshold, card.regions)
 
 
 def volume_json(seg: VolumeSegmentation) -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""Results back to the PACS: a job's SEG instances sent by STOW-RS to ``MEDSEG_PACS_URL`` (a
+DICOMweb root such as ``http://pacs:8042/dicom-web``). A delivery counts only when the PACS
+answers 2xx with every sent instance in its ReferencedSOPSequence and nothing failed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+
+import httpx
+
+from services.jobs.store import Result
+
+MAX_BACKOFF_S = 300.0
+
+
+class DeliveryError(Exception):
+    """A try that did not store everything; the message (no identifiers) becomes the job's reason."""
+
+
+def backoff_s(attempt: int, first_s: float) -> float:
+    """Delay before try ``attempt + 1`` (``attempt`` ≥ 1 tries done): doubling, capped at 5 min."""
+    return min(first_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+
+
+def multipart_body(results: Sequence[Result], boundary: str) -> Iterator[bytes]:
+    """The STOW-RS body, one part per file, read one file at a time."""
+    for result in results:
+        data = result.path.read_bytes()
+        yield (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode() + data + b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _referenced_uids(body: object) -> tuple[set[str], int]:
+    """(SOP instance UIDs of ReferencedSOPSequence, count of FailedSOPSequence items)."""
+    if not isinstance(body, dict):
+        return set(), 0
+    referenced = (body.get("00081199") or {}).get("Value") or []
+    failed = (body.get("00081198") or {}).get("Value") or []
+    uids = {str(((item.get("00081155") or {}).get("Value") or [""])[0]) for item in referenced if isinstance(item, dict)}
+    return uids, len(failed)
+
+
+async def deliver(client: httpx.AsyncClient, pacs_url: str, results: Sequence[Result]) -> None:
+    """STOW ``results`` to the PACS; DeliveryError unless all of them are acknowledged."""
+    boundary = uuid.uuid4().hex
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    try:
+        response = await client.post(
+            f"{pacs_url.rstrip('/')}/studies", content=b"".join(multipart_body(results, boundary)), headers=headers
+        )
+    except httpx.HTTPError as error:
+        raise DeliveryError(f"PACS not reachable ({type(error).__name__})") from None
+    if not 200 <= response.status_code < 300:
+        raise DeliveryError(f"PACS answered HTTP {response.status_code}")
+    try:
+        uids, failed = _referenced_uids(response.json())
+    except ValueError:
+        raise DeliveryError(f"PACS answered HTTP {response.status_code} without a Store Instances Response") from None
+    missing = [r for r in results if r.sop_uid not in uids]
+    if missing or failed:
+        raise DeliveryError(f"PACS stored {len(results) - len(missing)} of {len(results)} instance(s), {failed} failed")
