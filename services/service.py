@@ -162,6 +162,11 @@ class InferenceWorker:
         return GraphResult(outputs=outputs)
 
 
+def _log_end_of_job_loop(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the DICOMweb job loop stopped: %s", type(task.exception()).__name__, exc_info=task.exception())
+
+
 def model_listing(cards: dict[str, ModelCard]) -> dict[str, Any]:
     """The body of GET /v1/models."""
     return {
@@ -289,6 +294,7 @@ class Segmenter:
     async def start_jobs(self) -> None:
         """The DICOMweb job loop, in this process's event loop (one API worker: one loop)."""
         self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
+        self._jobs_task.add_done_callback(_log_end_of_job_loop)
 
     @bentoml.on_shutdown
     async def stop(self) -> None:

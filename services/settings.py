@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     backend = env.get("MEDSEG_BACKEND", "embedded")
     if backend not in ("embedded", "triton"):
         raise ValueError(f"MEDSEG_BACKEND must be 'embedded' or 'triton', not {backend!r}")
+    pacs_url = env.get("MEDSEG_PACS_URL") or None
+    if pacs_url is not None and not re.match(r"^https?://[^/\s:]+(:[0-9]{1,5})?(/\S*)?$", pacs_url):
+        raise ValueError("MEDSEG_PACS_URL must be an http(s) URL of a DICOMweb root, e.g. http://pacs:8042/dicom-web")
     return Settings(
         repository=Path(env.get("MEDSEG_MODEL_REPOSITORY", str(_DEFAULT_REPOSITORY))),
         backend=backend,
@@ -56,7 +60,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_study_bytes=int(float(env.get("MEDSEG_MAX_STUDY_MB", "4096")) * 1024 * 1024),
         series_quiet_s=float(env.get("MEDSEG_SERIES_QUIET_S", "10")),
         routes_path=Path(env["MEDSEG_ROUTES"]) if env.get("MEDSEG_ROUTES") else None,
-        pacs_url=env.get("MEDSEG_PACS_URL") or None,
+        pacs_url=pacs_url,
         delivery_attempts=int(env.get("MEDSEG_DELIVERY_ATTEMPTS", "8")),
         delivery_backoff_s=float(env.get("MEDSEG_DELIVERY_BACKOFF_S", "2")),
     )

@@ -5,7 +5,7 @@ answers 2xx with every sent instance in its ReferencedSOPSequence and nothing fa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 
@@ -33,14 +33,28 @@ def multipart_body(results: Sequence[Result], boundary: str) -> Iterator[bytes]:
     yield f"--{boundary}--\r\n".encode()
 
 
+def _items(body: dict, tag: str) -> list:
+    element = body.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
 def _referenced_uids(body: object) -> tuple[set[str], int]:
-    """(SOP instance UIDs of ReferencedSOPSequence, count of FailedSOPSequence items)."""
+    """(SOP instance UIDs of ReferencedSOPSequence, items of FailedSOPSequence and Other
+    Failures Sequence); whatever shape the PACS sent."""
     if not isinstance(body, dict):
         return set(), 0
-    referenced = (body.get("00081199") or {}).get("Value") or []
-    failed = (body.get("00081198") or {}).get("Value") or []
-    uids = {str(((item.get("00081155") or {}).get("Value") or [""])[0]) for item in referenced if isinstance(item, dict)}
-    return uids, len(failed)
+    uids = set()
+    for item in _items(body, "00081199"):
+        values = _items(item, "00081155") if isinstance(item, dict) else []
+        if values and isinstance(values[0], str):
+            uids.add(values[0])
+    return uids, len(_items(body, "00081198")) + len(_items(body, "0008119A"))
+
+
+async def _async(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
 async def deliver(client: httpx.AsyncClient, pacs_url: str, results: Sequence[Result]) -> None:
@@ -52,9 +66,9 @@ async def deliver(client: httpx.AsyncClient, pacs_url: str, results: Sequence[Re
     }
     try:
         response = await client.post(
-            f"{pacs_url.rstrip('/')}/studies", content=b"".join(multipart_body(results, boundary)), headers=headers
+            f"{pacs_url.rstrip('/')}/studies", content=_async(multipart_body(results, boundary)), headers=headers
         )
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise DeliveryError(f"PACS not reachable ({type(error).__name__})") from None
     if not 200 <= response.status_code < 300:
         raise DeliveryError(f"PACS answered HTTP {response.status_code}")

@@ -31,10 +31,13 @@ class Route:
             return None
         if not self.channels:
             return Placement(self.name, self.model)
-        texts = [_text(header, keyword) for keyword in self.channel_attributes]
-        for channel, patterns in self.channels:
-            if any(p.search(text) for p in patterns for text in texts if text):
-                return Placement(self.name, self.model, channel)
+        # The first attribute that names a channel decides (a series' own description before an
+        # exam-level protocol name shared by every series of the study).
+        for keyword in self.channel_attributes:
+            text = _text(header, keyword)
+            for channel, patterns in self.channels:
+                if text and any(p.search(text) for p in patterns):
+                    return Placement(self.name, self.model, channel)
         return None
 
 
@@ -51,6 +54,13 @@ def _patterns(value: Any, where: str) -> tuple[re.Pattern[str], ...]:
         return tuple(re.compile(v, re.IGNORECASE) for v in values)
     except re.error as error:
         raise ValueError(f"{where}: {error}") from None
+
+
+def _keywords(value: Any, where: str) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{where}: channel_attributes must be a DICOM keyword or a list of them")
+    return tuple(values)
 
 
 def parse_routes(
@@ -78,7 +88,7 @@ def parse_routes(
             model=model,
             match=tuple((keyword, _patterns(p, f"{where} match {keyword}")) for keyword, p in entry.get("match", {}).items()),
             channels=channels,
-            channel_attributes=tuple(entry.get("channel_attributes", ("SeriesDescription", "ProtocolName"))),
+            channel_attributes=_keywords(entry.get("channel_attributes", ["SeriesDescription", "ProtocolName"]), where),
         ))
     if len({r.name for r in routes}) != len(routes):
         raise ValueError("route names must be unique")

@@ -70,8 +70,13 @@ class Scheduler:
         slots = anyio.Semaphore(self.settings.max_running)
         async with anyio.create_task_group() as group:
             while True:
+                # Quiet series are promoted on time even while every slot is busy.
                 await anyio.to_thread.run_sync(self.store.promote_quiet, self.settings.quiet_s)
-                await slots.acquire()
+                try:
+                    slots.acquire_nowait()
+                except anyio.WouldBlock:
+                    await anyio.sleep(self.settings.poll_s)
+                    continue
                 job = await anyio.to_thread.run_sync(self.store.claim_next)
                 if job is None:
                     slots.release()
@@ -86,15 +91,22 @@ class Scheduler:
             slots.release()
 
     async def run_job(self, job: Job) -> None:
-        """Run one claimed job and record how it ended (never raises but for cancellation)."""
+        """Run one claimed job and record how it ended (never raises but for cancellation; a
+        failure to record leaves the job running, which the next start runs again)."""
+        try:
+            await self._run_and_record(job)
+        except Exception:  # noqa: BLE001 - the loop goes on whatever one job does
+            log.exception("job %s: could not record its outcome", job.id)
+
+    async def _run_and_record(self, job: Job) -> None:
         try:
             output = await self.run(job)
         except MedsegError as error:
             timings = stage_timings(job, time.time())
             if error.status in TRANSIENT_STATUSES and job.run_attempts < self.settings.max_run_attempts:
-                log.warning("job %s: %s; queued again", job.id, error.code)
-                await anyio.to_thread.run_sync(self.store.requeue, job.id, f"{error.code}: retrying")
-                await anyio.sleep(min(2.0**job.run_attempts, 30.0))
+                delay = min(2.0**job.run_attempts, 30.0)
+                log.warning("job %s: %s; runs again in %g s", job.id, error.code, delay)
+                await anyio.to_thread.run_sync(self.store.requeue, job.id, f"{error.code}: retrying", time.time() + delay)
                 return
             log.info("job %s failed: %s", job.id, error.code)
             await anyio.to_thread.run_sync(self.store.fail, job.id, error.message, timings)
@@ -118,7 +130,10 @@ class Scheduler:
         started = time.perf_counter()
         try:
             await self.deliver(job)
-        except DeliveryError as error:
+        except Exception as error:  # noqa: BLE001 - any failed try is retried; the loop goes on
+            if not isinstance(error, DeliveryError):
+                log.exception("job %s: delivery failed unexpectedly", job.id)
+                error = DeliveryError(f"unexpected {type(error).__name__}")
             attempts = job.delivery_attempts + 1
             last = attempts >= self.settings.delivery_attempts
             next_at = None if last else time.time() + backoff_s(attempts, self.settings.delivery_backoff_s)

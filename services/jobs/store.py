@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL, reason TEXT, created_at REAL NOT NULL, last_instance_at REAL NOT NULL,
     queued_at REAL, started_at REAL, finished_at REAL, delivered_at REAL,
     timings TEXT NOT NULL DEFAULT '{}', run_attempts INTEGER NOT NULL DEFAULT 0,
-    delivery_attempts INTEGER NOT NULL DEFAULT 0, next_delivery_at REAL
+    delivery_attempts INTEGER NOT NULL DEFAULT 0, next_delivery_at REAL, run_after REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_uid);
@@ -111,6 +111,7 @@ class Job:
     run_attempts: int
     delivery_attempts: int
     next_delivery_at: float | None
+    run_after: float | None  # a requeued job is not run before this time (back-off)
     series: dict[str, str | None] = field(default_factory=dict)  # series UID → channel
     instance_count: int = 0
     results: tuple[Result, ...] = ()
@@ -187,16 +188,29 @@ class JobStore:
             )
         else:
             job_id = row["id"]
-        joined = db.execute(
-            "INSERT OR IGNORE INTO job_series VALUES (?, ?, ?)", (job_id, instance.series_uid, placement.channel)
-        ).rowcount
-        if joined:  # the series' earlier instances belong to this job too (a re-sent or grown series)
+        if row is None and placement.channel is not None:
+            # A channel series arriving (or growing) after the study's job of this route was queued:
+            # the new job takes the latest series of every other channel, so that it is complete.
+            for series_uid, channel in db.execute(
+                "SELECT s.series_uid, s.channel FROM job_series s JOIN jobs j ON j.id = s.job_id "
+                "WHERE j.study_uid = ? AND j.route = ? AND s.channel IS NOT NULL AND s.channel != ? "
+                "ORDER BY j.created_at",
+                (instance.study_uid, placement.route, placement.channel),
+            ).fetchall():
+                db.execute("DELETE FROM job_series WHERE job_id = ? AND channel = ?", (job_id, channel))
+                self._join_series(db, job_id, series_uid, channel)
+        self._join_series(db, job_id, instance.series_uid, placement.channel)
+        return job_id
+
+    @staticmethod
+    def _join_series(db: sqlite3.Connection, job_id: str, series_uid: str, channel: str | None) -> None:
+        """Add a series to a job with every stored image of it (a re-sent or grown series)."""
+        if db.execute("INSERT OR IGNORE INTO job_series VALUES (?, ?, ?)", (job_id, series_uid, channel)).rowcount:
             db.execute(
                 "INSERT OR IGNORE INTO job_instances SELECT ?, sop_uid FROM instances "
                 "WHERE series_uid = ? AND excluded IS NULL",
-                (job_id, instance.series_uid),
+                (job_id, series_uid),
             )
-        return job_id
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -216,7 +230,10 @@ class JobStore:
         """The oldest queued job, now running (its run attempts counted)."""
         now = time.time() if now is None else now
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY queued_at, created_at LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' AND (run_after IS NULL OR run_after <= ?) "
+                "ORDER BY queued_at, created_at LIMIT 1", (now,),
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -230,10 +247,14 @@ class JobStore:
         with self._transaction() as db:
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'").rowcount
 
-    def requeue(self, job_id: str, reason: str) -> None:
-        """A run stopped by a passing condition (back end unavailable, overload): queued again."""
+    def requeue(self, job_id: str, reason: str, run_after: float) -> None:
+        """A run stopped by a passing condition (back end unavailable, overload): queued again,
+        not run before ``run_after``."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued', reason = ? WHERE id = ? AND state = 'running'", (reason, job_id))
+            db.execute(
+                "UPDATE jobs SET state = 'queued', reason = ?, run_after = ? WHERE id = ? AND state = 'running'",
+                (reason, run_after, job_id),
+            )
 
     def fail(self, job_id: str, reason: str, timings: dict[str, float], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -296,11 +317,12 @@ class JobStore:
         now = time.time() if now is None else now
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = 'done', delivery_attempts = 0, next_delivery_at = ? "
+                "UPDATE jobs SET state = 'done', delivery_attempts = 0, next_delivery_at = ?, reason = NULL "
                 "WHERE id = ? AND state = 'delivery_failed'", (now if deliver else None, job_id),
             )
             db.execute(
-                "UPDATE jobs SET state = 'queued', queued_at = ?, reason = NULL WHERE id = ? AND state = 'failed'",
+                "UPDATE jobs SET state = 'queued', queued_at = ?, reason = NULL, run_attempts = 0, run_after = NULL "
+                "WHERE id = ? AND state = 'failed'",
                 (now, job_id),
             )
         return self.job(job_id)
