@@ -17,7 +17,7 @@ EXPORT_INPUTS := $(shell find export/registry export/models export/checkpoints e
 	export/__main__.py export/repository.py export/onnx_export.py export/weights_io.py export/hashing.py \
 	services/contract.py services/preprocess.py pyproject.toml
 
-.PHONY: serve serve-triton test install repository bench bento clean
+.PHONY: serve serve-triton pacs test install repository bench bento clean
 
 install: $(INSTALLED)
 
@@ -41,6 +41,11 @@ serve: $(REPOSITORY_STAMP)
 # on 127.0.0.1:8000-8002 serving the same repository; Ctrl-C stops both.
 serve-triton: $(REPOSITORY_STAMP)
 	$(BIN)/python -m load.serve_triton --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+# The service wired to a real Orthanc PACS (Debian: orthanc orthanc-dicomweb orthanc-python) on
+# 127.0.0.1:3000 and :8042: stable CT/MR series uploaded to Orthanc come back with a DICOM SEG.
+pacs: $(REPOSITORY_STAMP)
+	$(BIN)/python -m load.pacs --repository $(REPOSITORY) --port $(PORT)
 
 test: $(REPOSITORY_STAMP)
 	$(BIN)/python -m pytest

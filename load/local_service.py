@@ -71,12 +71,14 @@ def local_service(
     target: str = SERVICE,
     ready_path: str = "/readyz",
     cwd: Path = ROOT,
+    port: int | None = None,
 ) -> Iterator[LocalService]:
     """``bentoml serve target`` of ``repository`` (embedded backend) until the block exits, once
-    ``ready_path`` answers 200; logs in ``workdir``. ``cwd``: the checkout whose code is served."""
+    ``ready_path`` answers 200; logs in ``workdir``. ``cwd``: the checkout whose code is served;
+    ``port``: a fixed port (None: a free one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "serve.log"
-    port = free_port()
+    port = port or free_port()
     full_env = {
         **os.environ,
         "MEDSEG_BACKEND": "embedded",
