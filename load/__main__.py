@@ -1,4 +1,4 @@
-"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning} ...``: the
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs} ...``: the
 model and service benchmarks. Burst and answer comparison: ``python -m load.burst``,
 ``python -m load.compare_answers``; load tests: ``locust -f load/locustfile.py``."""
 
@@ -48,6 +48,13 @@ def _bench_batching(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_pacs(args: argparse.Namespace) -> int:
+    from load.bench_pacs import run_pacs_benchmark
+
+    run_pacs_benchmark(args.slices, args.rounds, args.quiet, args.stable_age)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls before each timed series")
     bench.set_defaults(run=_bench)
+
+    pacs = sub.add_parser("bench-pacs", help="STOW-RS throughput vs Orthanc; Orthanc -> SEG round trip by stage")
+    pacs.add_argument("--slices", type=int, default=200)
+    pacs.add_argument("--rounds", type=int, default=3)
+    pacs.add_argument("--quiet", type=float, default=2.0, help="MEDSEG_SERIES_QUIET_S of the service")
+    pacs.add_argument("--stable-age", type=int, default=2, help="Orthanc's StableAge (s)")
+    pacs.set_defaults(run=_bench_pacs)
 
     bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
     bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")
