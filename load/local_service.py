@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "services.service:Segmenter"
@@ -50,16 +51,55 @@ def _wait_ready(service: LocalService, timeout_s: float, ready_path: str) -> Non
 
 
 def stop_process_group(process: subprocess.Popen, kill: bool = False, grace_s: float = 20) -> None:
-    """SIGTERM (or SIGKILL with ``kill``) a process started with ``start_new_session`` and its whole
-    group (BentoML's supervisor and workers, tritonserver and its stubs); SIGKILL after ``grace_s``."""
+    """SIGTERM a process started with ``start_new_session`` and its whole group (BentoML's
+    supervisor, which stops its workers; tritonserver and its stubs); with ``kill``, or after
+    ``grace_s``, SIGKILL of its whole process tree (``kill_tree``)."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    if kill:
+        kill_tree(process)
+        return
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a service and every process under it at once, as a crash or an OOM kill would.
+
+    ``os.killpg`` of the service's group is not enough: BentoML's supervisor (circus) starts each
+    worker in a session of its own (``os.setsid``), so the workers would live on as orphans, still
+    serving their jobs from the same data directory. Everything is stopped (SIGSTOP) first so that
+    no worker notices its parent dying, then killed; returns once every one of them is gone."""
+    root = psutil.Process(process.pid)
+    members = [root, *root.children(recursive=True)]
+    for member in members:
+        try:
+            member.send_signal(signal.SIGSTOP)
+        except psutil.NoSuchProcess:
+            pass
+    groups = set()
+    for member in members:
+        try:
+            groups.add(os.getpgid(member.pid))
+        except ProcessLookupError:
+            pass
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for member in members:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=10)
+    _, alive = psutil.wait_procs(members, timeout=10)
+    if alive:
+        raise RuntimeError(f"still running after SIGKILL: {[p.pid for p in alive]}")
 
 
 @contextmanager

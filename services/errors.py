@@ -43,6 +43,18 @@ class ModelNotFound(MedsegError):
     status, code = 404, "model_not_found"
 
 
+class NotFound(MedsegError):
+    """No such job, study, series or instance."""
+
+    status, code = 404, "not_found"
+
+
+class NotAcceptable(MedsegError):
+    """The Accept header admits nothing the route can answer."""
+
+    status, code = 406, "not_acceptable"
+
+
 class PayloadTooLarge(MedsegError):
     status, code = 413, "payload_too_large"
 

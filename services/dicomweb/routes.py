@@ -7,7 +7,9 @@ store. ``Pacs`` is what the routes need from the service instance.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -16,17 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.errors import BadInput, MedsegError
+from services.errors import BadInput, NotAcceptable, NotFound
 from services.http.responses import typed_errors
 from services.jobs.spool import check_uid
 from services.jobs.store import Job, JobStore, Result
 from services.usecases.stow import Inbox, instance_url, receive_study
 
 DICOM_JSON = "application/dicom+json"
-
-
-class JobNotFound(MedsegError):
-    status, code = 404, "not_found"
 
 
 class Pacs(Protocol):
@@ -91,50 +89,56 @@ async def search_series(request: Request) -> Response:
     return JSONResponse(body, media_type=DICOM_JSON)
 
 
-def _multipart(results: list[Result], boundary: str) -> Iterator[bytes]:
-    for result in results:
-        data = result.path.read_bytes()
+def _multipart(paths: list[Path], boundary: str) -> Iterator[bytes]:
+    for path in paths:
+        data = path.read_bytes()
         yield f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n".encode()
         yield data
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
 
 
-async def _retrieve(request: Request, sop: str | None) -> Response:
+def accepts_dicom_parts(accept: str | None) -> bool:
+    """Whether an Accept header admits ``multipart/related; type="application/dicom"``: absent,
+    ``*/*``, ``multipart/*``, ``multipart/related`` without a type or with that type, or a bare
+    ``application/dicom`` (what several clients send for "DICOM files, please")."""
+    if not accept or not accept.strip():
+        return True
+    for media_range in accept.split(","):
+        media, *params = [part.strip() for part in media_range.split(";")]
+        options = dict(p.split("=", 1) for p in params if "=" in p)
+        kind = options.get("type", "").strip('"').lower()
+        if options.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media.lower() in ("*/*", "multipart/*", "application/dicom") or (media.lower() == "multipart/related" and kind in ("", "application/dicom")):
+            return True
+    return False
+
+
+async def _retrieve(request: Request) -> Response:
+    """WADO-RS of a study, series or instance (received or produced), multipart/related."""
     params = request.path_params
     study = check_uid(params["study"], "the study UID in the URL")
-    series = check_uid(params["series"], "the series UID in the URL")
-    sop = None if sop is None else check_uid(sop, "the SOP instance UID in the URL")
-    results = await anyio.to_thread.run_sync(current().inbox.store.results, study, series, sop)
-    if not results:
-        raise JobNotFound("no such series or instance among this service's results")
-    accept = request.headers.get("accept", "")
-    if accept and "application/dicom" not in accept and "*/*" not in accept and "multipart/related" not in accept:
-        return JSONResponse(
-            {"error": "not_acceptable", "message": 'send Accept: multipart/related; type="application/dicom"'},
-            status_code=406,
-        )
-    boundary = "medseg-" + results[0].sop_uid.replace(".", "-")[-40:]
+    series = check_uid(params["series"], "the series UID in the URL") if "series" in params else None
+    sop = check_uid(params["sop"], "the SOP instance UID in the URL") if "sop" in params else None
+    if not accepts_dicom_parts(request.headers.get("accept")):
+        raise NotAcceptable('this service answers multipart/related; type="application/dicom"')
+    paths = await anyio.to_thread.run_sync(current().inbox.store.stored_files, study, series, sop)
+    if not paths:
+        raise NotFound("no such study, series or instance in this service")
+    boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
-        for chunk in _multipart(results, boundary):
+        for chunk in _multipart(paths, boundary):
             yield chunk
 
-    return StreamingResponse(
-        body(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
-    )
+    return StreamingResponse(body(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
 @typed_errors
-async def retrieve_series(request: Request) -> Response:
-    """GET /dicom-web/studies/{study}/series/{series}: every instance, multipart/related."""
-    return await _retrieve(request, None)
-
-
-@typed_errors
-async def retrieve_instance(request: Request) -> Response:
-    """GET /dicom-web/studies/{study}/series/{series}/instances/{sop}: one instance, multipart/related."""
-    return await _retrieve(request, request.path_params["sop"])
+async def retrieve(request: Request) -> Response:
+    """GET /dicom-web/studies/{study}[/series/{series}[/instances/{sop}]]."""
+    return await _retrieve(request)
 
 
 dicomweb_app = Starlette(
@@ -142,8 +146,9 @@ dicomweb_app = Starlette(
         Route("/studies", store_instances, methods=["POST"]),
         Route("/studies/{study}", store_instances, methods=["POST"]),
         Route("/studies/{study}/series", search_series, methods=["GET"]),
-        Route("/studies/{study}/series/{series}", retrieve_series, methods=["GET"]),
-        Route("/studies/{study}/series/{series}/instances/{sop}", retrieve_instance, methods=["GET"]),
+        Route("/studies/{study}", retrieve, methods=["GET"]),
+        Route("/studies/{study}/series/{series}", retrieve, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/instances/{sop}", retrieve, methods=["GET"]),
     ]
 )
 
@@ -207,7 +212,7 @@ async def list_jobs(request: Request) -> Response:
 async def _job_or_404(job_id: str) -> Job:
     job = await anyio.to_thread.run_sync(_store().job, job_id[:64])
     if job is None:
-        raise JobNotFound("no such job")
+        raise NotFound("no such job")
     return job
 
 

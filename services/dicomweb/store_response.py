@@ -12,6 +12,7 @@ CANNOT_UNDERSTAND = 0xC000
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.4 status: the SOP instance UID is stored in another study or series
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ def store_response(stored: list[StoredRef], failed: list[FailedRef], study_url: 
 
 def store_status(stored: int, failed: list[FailedRef]) -> int:
     """200 all stored; 202 some stored, some not; 409 none stored because of a conflict (every
-    failure a study mismatch); 400 none stored otherwise (including an empty request)."""
+    failure a study mismatch or a SOP instance UID stored elsewhere); 400 none stored otherwise
+    (including an empty request)."""
     if not failed:
         return 200 if stored else 400
     if stored:
         return 202
-    return 409 if all(f.reason == DOES_NOT_MATCH for f in failed) else 400
+    return 409 if all(f.reason in (DOES_NOT_MATCH, DUPLICATE_SOP_INSTANCE) for f in failed) else 400

@@ -58,7 +58,7 @@ class Scheduler:
         self.deliver = deliver
 
     async def run_forever(self) -> None:
-        interrupted = await anyio.to_thread.run_sync(self.store.requeue_interrupted)
+        interrupted = await anyio.to_thread.run_sync(self.store.requeue_interrupted, self.settings.max_run_attempts)
         if interrupted:
             log.warning("%d job(s) interrupted by a stop run again", interrupted)
         async with anyio.create_task_group() as group:

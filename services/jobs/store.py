@@ -57,6 +57,10 @@ CREATE INDEX IF NOT EXISTS results_by_study ON results (study_uid);
 """
 
 
+class InstanceConflict(Exception):
+    """A SOP instance UID already stored in another study or series (UIDs are unique: refused)."""
+
+
 @dataclass(frozen=True)
 class StoredInstance:
     """One received instance, already fsynced at ``path``."""
@@ -146,13 +150,22 @@ class JobStore:
 
     # --- ingest -------------------------------------------------------------------------------
 
+    def location(self, sop_uid: str) -> tuple[str, str] | None:
+        """(study UID, series UID) of a stored instance; None when it was never received."""
+        with self._lock:
+            row = self._db.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        return None if row is None else (row["study_uid"], row["series_uid"])
+
     def record_instance(self, instance: StoredInstance, placement: Placement | None, now: float | None = None) -> bool:
         """Record a received instance; a new routed image joins its series' waiting job (created
         with every stored instance of the series when there is none). Returns False when the
-        instance was already stored (a re-sent instance changes no job)."""
+        instance was already stored (a re-sent instance changes no job). InstanceConflict when
+        its SOP instance UID is stored in another study or series."""
         now = time.time() if now is None else now
         with self._transaction() as db:
-            known = db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (instance.sop_uid,)).fetchone()
+            known = db.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (instance.sop_uid,)).fetchone()
+            if known and (known["study_uid"], known["series_uid"]) != (instance.study_uid, instance.series_uid):
+                raise InstanceConflict(instance.sop_uid)
             db.execute(
                 "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (instance.sop_uid, instance.sop_class, instance.study_uid, instance.series_uid, str(instance.path),
@@ -242,9 +255,16 @@ class JobStore:
             )
         return self.job(row["id"])
 
-    def requeue_interrupted(self) -> int:
-        """After a restart: jobs left running were interrupted; they run again. Returns how many."""
+    def requeue_interrupted(self, max_runs: int, now: float | None = None) -> int:
+        """After a restart: jobs left running were interrupted; they run again, unless they
+        already started ``max_runs`` times (a job that takes the process down with it would
+        otherwise do so at every start): those fail. Returns how many run again."""
+        now = time.time() if now is None else now
         with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ? WHERE state = 'running' AND run_attempts >= ?",
+                (now, f"interrupted: the service stopped during each of its {max_runs} runs", max_runs),
+            )
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'").rowcount
 
     def requeue(self, job_id: str, reason: str, run_after: float) -> None:
@@ -379,6 +399,20 @@ class JobStore:
             query, args = query + " AND sop_uid = ?", [*args, sop_uid]
         with self._lock:
             return [self._result(r) for r in self._db.execute(query + " ORDER BY series_uid, sop_uid", args)]
+
+    def stored_files(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Path]:
+        """Spool paths of what the study holds, received and produced (optionally one series or
+        one instance), for WADO-RS."""
+        paths = []
+        for table in ("instances", "results"):
+            query, args = f"SELECT path FROM {table} WHERE study_uid = ?", [study_uid]
+            if series_uid is not None:
+                query, args = query + " AND series_uid = ?", [*args, series_uid]
+            if sop_uid is not None:
+                query, args = query + " AND sop_uid = ?", [*args, sop_uid]
+            with self._lock:
+                paths += [Path(r["path"]) for r in self._db.execute(query + " ORDER BY series_uid, sop_uid", args)]
+        return paths
 
     def is_result(self, sop_uid: str) -> bool:
         """Whether this service produced the instance (the loop guard for what comes back)."""

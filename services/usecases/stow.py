@@ -22,6 +22,7 @@ from services.dicomweb.multipart import PartData, PartEnd, PartStart, RelatedPar
 from services.dicomweb.store_response import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH,
+    DUPLICATE_SOP_INSTANCE,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     FailedRef,
     StoredRef,
@@ -32,7 +33,7 @@ from services.errors import BadInput, MedsegError, UnsupportedTransferSyntax, re
 from services.jobs.routing import Route, place
 from services.jobs.series_assembly import exclusion_reason
 from services.jobs.spool import Spool, check_uid
-from services.jobs.store import JobStore, StoredInstance
+from services.jobs.store import InstanceConflict, JobStore, StoredInstance
 
 log = logging.getLogger("medseg.stow")
 
@@ -118,13 +119,19 @@ class StudyReceiver:
             raise _Rejected(FailedRef(sop_class, sop_uid, DOES_NOT_MATCH))
         if is_cut_short(ds, data):
             raise _Rejected(FailedRef(sop_class, sop_uid, CANNOT_UNDERSTAND))
+        if self.inbox.store.location(sop_uid) not in (None, (study, series)):
+            raise _Rejected(FailedRef(sop_class, sop_uid, DUPLICATE_SOP_INSTANCE))
         excluded = exclusion_reason(ds) or ("derived_by_medseg" if self.inbox.store.is_result(sop_uid) else None)
         if excluded is None:
             _check_pixels_readable(ds, sop_class, sop_uid)
         path = self.inbox.spool.keep_instance(temp, study, series, sop_uid)
         placement = None if excluded else place(self.inbox.routes, ds)
         instance = StoredInstance(sop_uid, sop_class, study, series, path, len(data), excluded)
-        self.inbox.store.record_instance(instance, placement)
+        try:
+            self.inbox.store.record_instance(instance, placement)
+        except InstanceConflict:  # stored elsewhere meanwhile by a concurrent request
+            path.unlink(missing_ok=True)
+            raise _Rejected(FailedRef(sop_class, sop_uid, DUPLICATE_SOP_INSTANCE)) from None
         if excluded is None and placement is None:
             log.info("stored an image no route takes (modality %s)", str(ds.get("Modality", "?"))[:8])
         return StoredRef(sop_class, sop_uid, instance_url(self.base_url, study, series, sop_uid))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.jobs.store import STATES, Job, JobStore, Placement, Result, StoredInstance
+from services.jobs.store import InstanceConflict, STATES, Job, JobStore, Placement, Result, StoredInstance
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -208,7 +208,7 @@ def test_requeue_interrupted_after_a_restart_loses_nothing(tmp_path: Path) -> No
 
     reopened = JobStore(path)
     try:
-        assert reopened.requeue_interrupted() == 1
+        assert reopened.requeue_interrupted(max_runs=5) == 1
         after = {j.id: j for j in reopened.jobs()}
         assert after.keys() == before.keys()
         assert after[running.id].state == "queued"
@@ -225,7 +225,7 @@ def test_requeue_interrupted_after_a_restart_loses_nothing(tmp_path: Path) -> No
         assert reopened.record_instance(instance(f"{series_uid(1)}.0", series_uid(1)), SLICES) is False
         rerun = reopened.claim_next(now=T0 + 600)
         assert rerun is not None and (rerun.id, rerun.run_attempts) == (running.id, 2)
-        assert reopened.requeue_interrupted() == 1  # a second restart again
+        assert reopened.requeue_interrupted(max_runs=5) == 1  # a second restart again
     finally:
         reopened.close()
 
@@ -250,11 +250,33 @@ os.kill(os.getpid(), signal.SIGKILL)
     store = JobStore(path)
     try:
         assert store.counts()["running"] == 1
-        assert store.requeue_interrupted() == 1
+        assert store.requeue_interrupted(max_runs=5) == 1
         job = only_job(store)
         assert (job.state, job.instance_count, job.run_attempts) == ("queued", 20, 1)
     finally:
         store.close()
+
+
+def test_a_job_interrupted_at_every_run_fails_instead_of_running_forever(store: JobStore) -> None:
+    """A job that takes the process down with it would otherwise crash every restart."""
+    job = queued_job(store, series_uid(1))
+    for run in (1, 2, 3):
+        claimed = store.claim_next(now=T0 + 200 + run)
+        assert claimed is not None and claimed.run_attempts == run
+        requeued = store.requeue_interrupted(max_runs=3)  # a restart
+        assert requeued == (1 if run < 3 else 0)
+    failed = store.job(job.id)
+    assert failed is not None and failed.state == "failed"
+    assert failed.reason is not None and failed.reason.startswith("interrupted")
+
+
+def test_an_instance_uid_stored_in_another_series_is_a_conflict(store: JobStore) -> None:
+    record_series(store, series_uid(1), 2, now=T0)
+    moved = instance(f"{series_uid(1)}.0", series_uid(2))
+    with pytest.raises(InstanceConflict):
+        store.record_instance(moved, SLICES, now=T0 + 1)
+    assert store.location(moved.sop_uid) == (STUDY, series_uid(1))
+    assert only_job(store).instance_count == 2
 
 
 # --- multi-series (channel) routes ----------------------------------------------------------------------
