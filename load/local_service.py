@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +36,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(service: LocalService, timeout_s: float, ready_path: str) -> None:
+def wait_until_answering(
+    name: str, process: subprocess.Popen, url: str, log_text: Callable[[], str], timeout_s: float, poll_s: float = 0.5
+) -> None:
+    """Return once ``url`` answers 200; RuntimeError with the log's tail when ``process`` exits
+    first or after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {service.process.returncode}:\n{service.log_text()[-4000:]}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_text()[-4000:]}")
         try:
-            if httpx.get(f"{service.url}{ready_path}", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise RuntimeError(f"service not ready after {timeout_s:.0f}s:\n{service.log_text()[-4000:]}")
+        time.sleep(poll_s)
+    raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s:\n{log_text()[-4000:]}")
 
 
 def stop_process_group(process: subprocess.Popen, kill: bool = False, grace_s: float = 20) -> None:
@@ -140,7 +144,7 @@ def local_service(
         )
     service = LocalService(f"http://127.0.0.1:{port}", log_path, process)
     try:
-        _wait_ready(service, ready_timeout_s, ready_path)
+        wait_until_answering("bentoml serve", process, f"{service.url}{ready_path}", service.log_text, ready_timeout_s)
         yield service
     finally:
         stop_process_group(process)

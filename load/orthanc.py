@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from load.local_service import free_port, stop_process_group
+from load.local_service import free_port, stop_process_group, wait_until_answering
 
 ORTHANC_BINARY = "Orthanc"
 PLUGIN_DIRECTORY = Path("/usr/share/orthanc/plugins")
@@ -185,20 +185,6 @@ def write_config(
     return path
 
 
-def _wait_ready(server: OrthancServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {server.process.returncode}:\n{server.log_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/system", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"Orthanc not ready after {timeout_s:.0f}s:\n{server.log_text()[-4000:]}")
-
-
 @contextmanager
 def orthanc_server(
     workdir: Path,
@@ -242,7 +228,7 @@ def orthanc_server(
     url = f"http://127.0.0.1:{port}"
     server = OrthancServer(url, url + "/dicom-web", process, workdir, log_path)
     try:
-        _wait_ready(server, ready_timeout_s)
+        wait_until_answering("Orthanc", server.process, f"{server.url}/system", server.log_text, ready_timeout_s, 0.2)
         yield server
     finally:
         stop_process_group(process, grace_s=20)

@@ -150,7 +150,7 @@ def _decode(ds: Dataset, data: bytes) -> DecodedImage:
 
 def _sop_class_name(ds: Dataset) -> str | None:
     """The SOP class's dictionary name ("RT Plan Storage"), None when absent or unknown."""
-    uid = _get(ds, "SOPClassUID") or _get(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
+    uid = element_value(ds, "SOPClassUID") or element_value(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
     text = str(uid or "").strip()
     if not _UID_SYNTAX.match(text):
         return None
@@ -167,8 +167,8 @@ def _require_image(ds: Dataset, data: bytes) -> None:
     if len(ds) == 0:
         raise BadInput("the DICOM file has no readable data elements; it may be truncated or corrupt")
     name = _sop_class_name(ds)
-    uid = str(_get(ds, "SOPClassUID") or "").strip()
-    modality = str(_get(ds, "Modality") or "").strip().upper()
+    uid = str(element_value(ds, "SOPClassUID") or "").strip()
+    modality = str(element_value(ds, "Modality") or "").strip().upper()
     if uid in _NON_IMAGE_CLASSES or modality in _NON_IMAGE_MODALITIES:
         kind = name or _NON_IMAGE_CLASSES.get(uid) or f"{_NON_IMAGE_MODALITIES[modality]} (modality {modality})"
         raise NotAnImage(f"the upload is a DICOM {kind} object, not an image; send the image to segment")
@@ -204,7 +204,7 @@ def pixel_transfer_syntax(ds: Dataset) -> UID:
     """The transfer syntax, inferred for native data when the file meta lacks it; 415 if undecodable."""
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
-    text = str(_get(ds.file_meta, "TransferSyntaxUID") or "").strip()
+    text = str(element_value(ds.file_meta, "TransferSyntaxUID") or "").strip()
     if not text:
         syntax = _infer_native_syntax(ds)
         ds.file_meta.TransferSyntaxUID = syntax
@@ -244,12 +244,12 @@ def _layout(ds: Dataset) -> _Layout:
     required = ["Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"]
     if not is_float:
         required += ["BitsStored", "PixelRepresentation"]
-    missing = [keyword for keyword in required if _get(ds, keyword) in (None, "")]
+    missing = [keyword for keyword in required if element_value(ds, keyword) in (None, "")]
     if missing:
         raise BadInput(f"the DICOM image lacks required attribute(s) {', '.join(missing)}")
     rows, cols = _int_attr(ds, "Rows"), _int_attr(ds, "Columns")
     samples = _int_attr(ds, "SamplesPerPixel")
-    frames = _int_attr(ds, "NumberOfFrames") if _get(ds, "NumberOfFrames") not in (None, "") else 1
+    frames = _int_attr(ds, "NumberOfFrames") if element_value(ds, "NumberOfFrames") not in (None, "") else 1
     if frames < 0:
         raise BadInput("the DICOM attribute NumberOfFrames is negative")
     if rows < 1 or cols < 1:
@@ -258,7 +258,7 @@ def _layout(ds: Dataset) -> _Layout:
         raise UnprocessableImage(
             f"the DICOM image has {samples} samples per pixel; only 1 (grey) or 3 (colour) are supported"
         )
-    photometric = str(_get(ds, "PhotometricInterpretation")).strip().upper()
+    photometric = str(element_value(ds, "PhotometricInterpretation")).strip().upper()
     return _Layout(max(frames, 1), rows, cols, samples, photometric, is_float)
 
 
@@ -307,7 +307,7 @@ def _to_rgb(ds: Dataset, decoded: np.ndarray, photometric: str) -> np.ndarray:
         decoded = convert_color_space(decoded, photometric, "RGB")
     elif photometric != "RGB":
         raise UnprocessableImage(f"the DICOM colour space {photometric[:20]} is not supported; send RGB or YBR_FULL")
-    bits = _int_attr(ds, "BitsStored") if _get(ds, "BitsStored") else decoded.dtype.itemsize * 8
+    bits = _int_attr(ds, "BitsStored") if element_value(ds, "BitsStored") else decoded.dtype.itemsize * 8
     return _to_uint8(decoded, bits)
 
 
@@ -337,7 +337,7 @@ def _grey_values(ds: Dataset, stored: np.ndarray, layout: _Layout) -> tuple[np.n
 
 def _modality_transform(ds: Dataset, frames: int) -> Callable[[np.ndarray], np.ndarray]:
     """The Modality LUT or the (per-frame) rescale as a function on (frames, ...) stored values."""
-    if _get(ds, "ModalityLUTSequence"):
+    if element_value(ds, "ModalityLUTSequence"):
         return lambda stored: apply_modality_lut(stored, ds).astype(np.float32)
     rescale = _rescale_per_frame(ds, frames)
     if rescale is None:
@@ -357,7 +357,7 @@ def _rescale_per_frame(ds: Dataset, frames: int) -> tuple[np.ndarray, np.ndarray
     if top is not None:
         pairs = [top] * frames
     else:
-        pairs = [_linear(_group_item(ds, "PixelValueTransformationSequence", i)) for i in range(frames)]
+        pairs = [_linear(functional_group_item(ds, "PixelValueTransformationSequence", i)) for i in range(frames)]
         if all(pair is None for pair in pairs):
             return None
         pairs = [pair or (1.0, 0.0) for pair in pairs]
@@ -367,7 +367,7 @@ def _rescale_per_frame(ds: Dataset, frames: int) -> tuple[np.ndarray, np.ndarray
 
 def _linear(item: Dataset | None) -> tuple[float, float] | None:
     """(RescaleSlope, RescaleIntercept) of one item, None when it has neither."""
-    if item is None or (_get(item, "RescaleSlope") is None and _get(item, "RescaleIntercept") is None):
+    if item is None or (element_value(item, "RescaleSlope") is None and element_value(item, "RescaleIntercept") is None):
         return None
     slope = _float_attr(item, "RescaleSlope", 1.0)
     intercept = _float_attr(item, "RescaleIntercept", 0.0)
@@ -390,16 +390,16 @@ def _invert(
 
 
 def _modality(ds: Dataset) -> str:
-    text = str(_get(ds, "Modality") or "").strip().upper()
+    text = str(element_value(ds, "Modality") or "").strip().upper()
     return text if re.fullmatch(r"[A-Z0-9_]{1,16}", text) else "OT"
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm: PixelSpacing, the functional groups' PixelMeasures, ImagerPixelSpacing."""
     candidates = (
-        _get(ds, "PixelSpacing"),
-        _get(_group_item(ds, "PixelMeasuresSequence", 0), "PixelSpacing"),
-        _get(ds, "ImagerPixelSpacing"),
+        element_value(ds, "PixelSpacing"),
+        element_value(functional_group_item(ds, "PixelMeasuresSequence", 0), "PixelSpacing"),
+        element_value(ds, "ImagerPixelSpacing"),
     )
     for value in candidates:
         numbers = _numbers(value)
@@ -410,10 +410,10 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
 
 def _slice_spacing(ds: Dataset) -> float | None:
     """Distance between frames in mm: SpacingBetweenSlices, else SliceThickness (top level or groups)."""
-    measures = _group_item(ds, "PixelMeasuresSequence", 0)
+    measures = functional_group_item(ds, "PixelMeasuresSequence", 0)
     for item, keyword in ((ds, "SpacingBetweenSlices"), (measures, "SpacingBetweenSlices"),
                           (ds, "SliceThickness"), (measures, "SliceThickness")):
-        numbers = _numbers(_get(item, keyword))
+        numbers = _numbers(element_value(item, keyword))
         if numbers and abs(numbers[0]) > 0:
             return abs(numbers[0])
     return None
@@ -421,14 +421,14 @@ def _slice_spacing(ds: Dataset) -> float | None:
 
 def _window(ds: Dataset) -> tuple[float, float] | None:
     """The first (WindowCenter, WindowWidth), top level or FrameVOILUTSequence."""
-    for item in (ds, _group_item(ds, "FrameVOILUTSequence", 0)):
-        centers, widths = _numbers(_get(item, "WindowCenter")), _numbers(_get(item, "WindowWidth"))
+    for item in (ds, functional_group_item(ds, "FrameVOILUTSequence", 0)):
+        centers, widths = _numbers(element_value(item, "WindowCenter")), _numbers(element_value(item, "WindowWidth"))
         if centers and widths and widths[0] > 0:
             return centers[0], widths[0]
     return None
 
 
-def _group_item(ds: Dataset, sequence: str, frame: int) -> Dataset | None:
+def functional_group_item(ds: Dataset, sequence: str, frame: int) -> Dataset | None:
     """The first item of ``sequence`` for ``frame``: per-frame functional group, else the shared one."""
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         try:
@@ -441,7 +441,7 @@ def _group_item(ds: Dataset, sequence: str, frame: int) -> Dataset | None:
 # --- tolerant element access --------------------------------------------------------------------
 
 
-def _get(item: Dataset | None, keyword: str) -> Any:
+def element_value(item: Dataset | None, keyword: str) -> Any:
     """An element's value, None when absent or unreadable."""
     if item is None:
         return None
@@ -459,7 +459,7 @@ def _int_attr(ds: Dataset, keyword: str) -> int:
 
 
 def _float_attr(ds: Dataset, keyword: str, default: float) -> float:
-    value = _get(ds, keyword)
+    value = element_value(ds, keyword)
     if value in (None, ""):
         return default
     try:

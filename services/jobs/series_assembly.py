@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
+from services.codecs.dicom import element_value, functional_group_item
 from services.errors import UnprocessableImage
 
 MEDSEG_MANUFACTURER = "medseg-serve"  # what our own outputs carry: the loop guard looks for it
@@ -130,20 +131,20 @@ def exclusion_reason(ds: Dataset) -> str | None:
     """None for an image to segment; else "derived_by_medseg" (our own output: loop guard),
     "not_an_image" (SR, SEG, KO, PR, RT*, ... by Modality or SOP class, or no Rows/Columns) or
     "localizer" (ImageType contains LOCALIZER)."""
-    equipment = _get(ds, "ContributingEquipmentSequence") or ()
-    if _is_medseg(_get(ds, "Manufacturer")) or any(_is_medseg(_get(item, "Manufacturer")) for item in equipment):
+    equipment = element_value(ds, "ContributingEquipmentSequence") or ()
+    if _is_medseg(element_value(ds, "Manufacturer")) or any(_is_medseg(element_value(item, "Manufacturer")) for item in equipment):
         return "derived_by_medseg"
-    modality = _text(_get(ds, "Modality")).upper()
-    sop_class = _text(_get(ds, "SOPClassUID"))
+    modality = _text(element_value(ds, "Modality")).upper()
+    sop_class = _text(element_value(ds, "SOPClassUID"))
     if (
         modality in _NON_IMAGE_MODALITIES
         or modality.startswith("RT")
         or any(sop_class == root or sop_class.startswith(root + ".") for root in _NON_IMAGE_SOP_CLASS_ROOTS)
-        or _positive_int(_get(ds, "Rows")) is None
-        or _positive_int(_get(ds, "Columns")) is None
+        or _positive_int(element_value(ds, "Rows")) is None
+        or _positive_int(element_value(ds, "Columns")) is None
     ):
         return "not_an_image"
-    image_type = _get(ds, "ImageType")
+    image_type = element_value(ds, "ImageType")
     values = [image_type] if isinstance(image_type, str) else list(image_type or ())
     if any(_text(value).upper() == "LOCALIZER" for value in values):
         return "localizer"
@@ -288,40 +289,30 @@ def _frames(index: int, ds: Dataset) -> list[_Frame]:
     """One _Frame per frame. Enhanced multi-frame (PerFrameFunctionalGroupsSequence): positions from
     each frame's PlanePositionSequence, orientation and spacing per frame or shared (top level as a
     last resort). Any other instance: every frame takes the top-level geometry."""
-    rows, cols = _positive_int(_get(ds, "Rows")) or 0, _positive_int(_get(ds, "Columns")) or 0
-    count = _positive_int(_get(ds, "NumberOfFrames")) or 1
-    enhanced = _get(ds, "PerFrameFunctionalGroupsSequence") is not None
+    rows, cols = _positive_int(element_value(ds, "Rows")) or 0, _positive_int(element_value(ds, "Columns")) or 0
+    count = _positive_int(element_value(ds, "NumberOfFrames")) or 1
+    enhanced = element_value(ds, "PerFrameFunctionalGroupsSequence") is not None
     common = dict(
         instance=index,
-        instance_number=_int(_get(ds, "InstanceNumber")),
+        instance_number=_int(element_value(ds, "InstanceNumber")),
         rows=rows,
         cols=cols,
-        frame_of_reference=_text(_get(ds, "FrameOfReferenceUID")) or None,
+        frame_of_reference=_text(element_value(ds, "FrameOfReferenceUID")) or None,
     )
     frames = []
     for frame in range(count):
         if enhanced:
-            position = _get(_group_item(ds, "PlanePositionSequence", frame), "ImagePositionPatient")
-            orientation = _get(_group_item(ds, "PlaneOrientationSequence", frame), "ImageOrientationPatient")
-            spacing = _get(_group_item(ds, "PixelMeasuresSequence", frame), "PixelSpacing")
-            orientation = orientation if orientation is not None else _get(ds, "ImageOrientationPatient")
-            spacing = spacing if spacing is not None else _get(ds, "PixelSpacing")
+            position = element_value(functional_group_item(ds, "PlanePositionSequence", frame), "ImagePositionPatient")
+            orientation = element_value(functional_group_item(ds, "PlaneOrientationSequence", frame), "ImageOrientationPatient")
+            spacing = element_value(functional_group_item(ds, "PixelMeasuresSequence", frame), "PixelSpacing")
+            orientation = orientation if orientation is not None else element_value(ds, "ImageOrientationPatient")
+            spacing = spacing if spacing is not None else element_value(ds, "PixelSpacing")
         else:
-            position, orientation = _get(ds, "ImagePositionPatient"), _get(ds, "ImageOrientationPatient")
-            spacing = _get(ds, "PixelSpacing")
+            position, orientation = element_value(ds, "ImagePositionPatient"), element_value(ds, "ImageOrientationPatient")
+            spacing = element_value(ds, "PixelSpacing")
         frames.append(_Frame(frame=frame, spacing=_spacing(spacing), orientation=_orientation(orientation),
                              origin=_vector(position), **common))  # type: ignore[arg-type]
     return frames
-
-
-def _group_item(ds: Dataset, sequence: str, frame: int) -> Dataset | None:
-    """The first item of ``sequence`` for ``frame``: per-frame functional group, else the shared one."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        try:
-            return getattr(getattr(ds, groups)[index], sequence)[0]
-        except Exception:  # noqa: BLE001 - absent or malformed: look elsewhere
-            continue
-    return None
 
 
 def _require_stacked(plan: SeriesPlan) -> None:
@@ -450,16 +441,6 @@ def _count(items: Any) -> dict[str, int]:
 
 
 # --- tolerant element access -----------------------------------------------------------------------
-
-
-def _get(item: Dataset | None, keyword: str) -> Any:
-    """An element's value, None when absent or unreadable."""
-    if item is None:
-        return None
-    try:
-        return item.get(keyword)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _text(value: Any) -> str:

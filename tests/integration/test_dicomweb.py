@@ -720,6 +720,31 @@ def test_output_seg_of_an_enhanced_multiframe_ct_equals_output_png(http: httpx.C
     np.testing.assert_array_equal(labels, tiled.reshape(3, 128, 128))
 
 
+def test_an_enhanced_multiframe_ct_stored_by_stow_gets_a_seg_equal_to_output_png(
+    http: httpx.Client, numbers: dict[int, int]
+) -> None:
+    rng = np.random.default_rng(612)
+    stack = np.stack([make_ct_slice(rng, shape=(128, 128), spacing_mm=(3.0, 3.0)).hu for _ in range(4)])
+    data = write_multiframe(stack, (3.0, 3.0), SLICE_MM, transfer_syntax="rle")
+    source = read(data)
+    assert stow(http, [data]).status_code == 200
+    (job,) = study_jobs_settled(http, str(source.StudyInstanceUID), 1)
+    assert job["state"] == "done" and job["instance_count"] == 1, job["reason"]
+    (result,) = job["results"]
+    (seg_bytes,) = related_parts_of(http.get(result["url"]))
+    seg = segmentation(seg_bytes)
+    labels = seg_labels(seg, source.SOPInstanceUID, numbers, frames=[1, 2, 3, 4])
+    tiled = png_labels(post_segment(http, data, "png").content)
+    np.testing.assert_array_equal(labels, tiled.reshape(4, 128, 128))
+
+
+def related_parts_of(response: httpx.Response) -> list[bytes]:
+    from clients.http_client import related_parts
+
+    assert response.status_code == 200, response.text
+    return related_parts(response.headers["content-type"], response.content)
+
+
 def test_output_seg_of_a_png_is_415(http: httpx.Client) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(buffer, format="PNG")
