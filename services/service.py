@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Optional, Union
 
 import anyio
@@ -162,6 +163,20 @@ class InferenceWorker:
         return GraphResult(outputs=outputs)
 
 
+def job_counts_observer() -> Callable[[dict[str, int]], None]:
+    """A gauge of DICOMweb jobs per state (``medseg_jobs`` on /metrics), created once BentoML has
+    set up its multiprocess metrics directory."""
+    from prometheus_client import Gauge
+
+    gauge = Gauge("medseg_jobs", "DICOMweb jobs per state", ["state"], multiprocess_mode="livemax")
+
+    def observe(counts: dict[str, int]) -> None:
+        for state, count in counts.items():
+            gauge.labels(state=state).set(count)
+
+    return observe
+
+
 def _log_end_of_job_loop(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the DICOMweb job loop stopped: %s", type(task.exception()).__name__, exc_info=task.exception())
@@ -293,6 +308,7 @@ class Segmenter:
     @bentoml.on_startup
     async def start_jobs(self) -> None:
         """The DICOMweb job loop, in this process's event loop (one API worker: one loop)."""
+        self.scheduler.observe_counts = job_counts_observer()
         self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
         self._jobs_task.add_done_callback(_log_end_of_job_loop)
 

@@ -27,6 +27,7 @@ class RunOutput:
 
 
 JobRun = Callable[[Job], Awaitable[RunOutput]]
+CountsObserver = Callable[[dict[str, int]], None]  # jobs per state, reported every ``counts_every_s``
 JobDelivery = Callable[[Job], Awaitable[None]]  # raises DeliveryError
 
 
@@ -38,6 +39,7 @@ class SchedulerSettings:
     poll_s: float = 0.25
     max_running: int = 2  # jobs running at once (their slices share the worker's batcher)
     max_run_attempts: int = 5  # runs stopped by a transient condition before the job fails
+    counts_every_s: float = 2.0
 
 
 def stage_timings(job: Job, now: float) -> dict[str, float]:
@@ -51,11 +53,15 @@ def stage_timings(job: Job, now: float) -> dict[str, float]:
 
 
 class Scheduler:
-    def __init__(self, store: JobStore, settings: SchedulerSettings, run: JobRun, deliver: JobDelivery | None) -> None:
+    def __init__(
+        self, store: JobStore, settings: SchedulerSettings, run: JobRun, deliver: JobDelivery | None,
+        observe_counts: CountsObserver | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.run = run
         self.deliver = deliver
+        self.observe_counts = observe_counts
 
     async def run_forever(self) -> None:
         interrupted = await anyio.to_thread.run_sync(self.store.requeue_interrupted, self.settings.max_run_attempts)
@@ -65,6 +71,13 @@ class Scheduler:
             group.start_soon(self._process)
             if self.deliver is not None:
                 group.start_soon(self._deliver_due)
+            if self.observe_counts is not None:
+                group.start_soon(self._report_counts, self.observe_counts)
+
+    async def _report_counts(self, observe: CountsObserver) -> None:
+        while True:
+            observe(await anyio.to_thread.run_sync(self.store.counts))
+            await anyio.sleep(self.settings.counts_every_s)
 
     async def _process(self) -> None:
         slots = anyio.Semaphore(self.settings.max_running)

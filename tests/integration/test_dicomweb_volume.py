@@ -114,6 +114,15 @@ def test_four_series_make_one_hnf_net_job_whose_seg_equals_the_volume_route(serv
     assert from_route.any()
     np.testing.assert_array_equal(from_seg, from_route)
 
+    def done_on_metrics() -> bool:
+        text = httpx.get(f"{service.url}/metrics").text
+        return any(line.startswith('medseg_jobs{state="done"}') and float(line.split()[-1]) >= 1 for line in text.splitlines())
+
+    deadline = time.monotonic() + 10
+    while not done_on_metrics():
+        assert time.monotonic() < deadline, "medseg_jobs{state=\"done\"} not on /metrics"
+        time.sleep(0.5)
+
 
 def test_series_on_different_grids_fail_the_job_naming_the_channel(service, case) -> None:
     study, frame = generate_uid(), generate_uid()
