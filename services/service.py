@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
@@ -27,7 +28,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from services.codecs.decoder_pool import DecoderPool
 from services.codecs.nifti import label_map_nifti
@@ -45,7 +47,9 @@ from services.jobs.scheduler import RunOutput, Scheduler, SchedulerSettings
 from services.jobs.spool import Spool
 from services.jobs.store import Job, JobStore
 from services.memory import limit_malloc_arenas
+from services.pipelines import FRAME_PIPELINES
 from services.pipelines.base import FrameRequest
+from services.pipelines.ensemble import GraphTiming
 from services.runtime import InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
 from services.settings import load_settings
@@ -60,6 +64,8 @@ from services.usecases.segment import (
     segmentation_png,
 )
 from services.usecases.stow import Inbox
+from services.usecases.stream import run_stream
+from services.streams.registry import StreamRegistry
 from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 
 SETTINGS = load_settings()
@@ -93,9 +99,12 @@ class GraphCall(BaseModel):
 
 
 class GraphResult(BaseModel):
-    """The outputs of one call by tensor name (the call's rows only, for a batched graph)."""
+    """The outputs of one call by tensor name (the call's rows only, for a batched graph), and
+    where its time went in the worker (ms): waiting for a run slot, and the run that carried it."""
 
     outputs: dict[str, Tensor]
+    queue_ms: float = 0.0
+    run_ms: float = 0.0
 
 
 def batch_observer() -> BatchObserver:
@@ -157,10 +166,10 @@ class InferenceWorker:
     @bentoml.api
     async def infer_graph(self, call: GraphCall) -> GraphResult:
         try:
-            outputs = await self.batcher.run(call.model, call.inputs, call.batched)
+            outputs, timing = await self.batcher.run_timed(call.model, call.inputs, call.batched)
         except MedsegError as error:  # sent by its status; services.http.worker_calls types it again
             raise BentoMLException(error.message, error_code=HTTPStatus(error.status)) from None
-        return GraphResult(outputs=outputs)
+        return GraphResult(outputs=outputs, queue_ms=timing.queue_s * 1000, run_ms=timing.run_s * 1000)
 
 
 def job_counts_observer() -> Callable[[dict[str, int]], None]:
@@ -175,6 +184,16 @@ def job_counts_observer() -> Callable[[dict[str, int]], None]:
             gauge.labels(state=state).set(count)
 
     return observe
+
+
+def stream_metrics() -> tuple[Callable[[int], None], Any]:
+    """``medseg_streams`` (open video streams) and ``medseg_stream_frames_total{outcome}``
+    (answered, error, dropped) on /metrics."""
+    from prometheus_client import Counter, Gauge
+
+    gauge = Gauge("medseg_streams", "Open WebSocket video streams", multiprocess_mode="livesum")
+    frames = Counter("medseg_stream_frames", "Stream frames by outcome", ["outcome"])
+    return gauge.set, frames
 
 
 def _log_end_of_job_loop(task: asyncio.Task[None]) -> None:
@@ -260,11 +279,19 @@ async def segment_volume(request: Request) -> Response:
     return Response(content=body, media_type="application/gzip", headers=headers)
 
 
+async def stream(websocket: WebSocket) -> None:
+    """WS /v1/stream: a video stream, one mask per frame (protocol: services.streams.protocol)."""
+    service = bentoml.get_current_service()
+    await websocket.accept()
+    await run_stream(websocket, service.cards, service.run_stream_graph, service.streams, service.count_stream_frame)
+
+
 routes_v1 = Starlette(
     routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/segment/volume", segment_volume, methods=["POST"]),
         *JOB_ROUTES,
+        WebSocketRoute("/stream", stream),
     ]
 )
 
@@ -298,6 +325,10 @@ class Segmenter:
             self.run_inbox_job,
             self.deliver_results if self.pacs_url else None,
         )
+        self.streams = StreamRegistry(SETTINGS.max_streams)
+        self._stream_graphs: GraphBatcher | None = None
+        self._stream_lock = anyio.Lock()
+        self._frame_counter: Any = None
         self._jobs_task: asyncio.Task[None] | None = None
         self._pacs_client: httpx.AsyncClient | None = None
         log.info("serving %s from %s", ", ".join(self.cards) or "no model", SETTINGS.repository)
@@ -309,6 +340,8 @@ class Segmenter:
     async def start_jobs(self) -> None:
         """The DICOMweb job loop, in this process's event loop (one API worker: one loop)."""
         self.scheduler.observe_counts = job_counts_observer()
+        self.streams.observe, self._frame_counter = stream_metrics()
+        self.streams.observe(0)
         self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
         self._jobs_task.add_done_callback(_log_end_of_job_loop)
 
@@ -320,6 +353,33 @@ class Segmenter:
             await self._pacs_client.aclose()
         self.decoders.close()
         self.inbox.store.close()
+
+    async def run_stream_graph(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], GraphTiming]:
+        """A stream's graph call. With the embedded back end (and MEDSEG_STREAM_GRAPHS=api) it
+        runs in this process: the API-worker round trip (about 2 ms a call, two calls a frame)
+        was most of a stream frame's non-graph time. Concurrent streams share this batcher."""
+        if SETTINGS.backend != "embedded" or SETTINGS.stream_graphs == "worker":
+            return await self.run_graph_timed(model, inputs)
+        batcher = await self._stream_batcher()
+        outputs, timing = await batcher.run_timed(model, inputs, model not in self.unbatched_graphs)
+        return outputs, GraphTiming(timing.queue_s * 1000, timing.run_s * 1000, 0.0)
+
+    async def _stream_batcher(self) -> GraphBatcher:
+        """The in-process sessions of the 2-D frame models, loaded at the first stream."""
+        async with self._stream_lock:
+            if self._stream_graphs is None:
+                from services.runtime.ort_backend import OrtBackend
+
+                frame_models = [name for name, card in self.cards.items() if card.task in FRAME_PIPELINES]
+                backend = await anyio.to_thread.run_sync(OrtBackend, SETTINGS.repository, SETTINGS.ort_threads, frame_models)
+                self._stream_graphs = GraphBatcher(
+                    backend.infer, row_limits(backend.cards), max_in_flight=1, max_queue_s=SETTINGS.max_queue_ms / 1000
+                )
+            return self._stream_graphs
+
+    def count_stream_frame(self, outcome: str) -> None:
+        if self._frame_counter is not None:
+            self._frame_counter.labels(outcome=outcome).inc()
 
     async def run_inbox_job(self, job: Job) -> RunOutput:
         card = self.card(job.model)
@@ -341,9 +401,17 @@ class Segmenter:
 
     async def run_graph(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Batched inputs of one graph → its batched outputs (an unbatched graph: the whole call)."""
+        outputs, _ = await self.run_graph_timed(model, inputs)
+        return outputs
+
+    async def run_graph_timed(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], GraphTiming]:
+        """``run_graph`` and where the call's time went: worker queue, graph run, and the rest
+        of the round trip (serialisation and transport between this process and the worker)."""
         call = GraphCall(model=model, inputs=inputs, batched=model not in self.unbatched_graphs)
+        started = time.perf_counter()
         result = await call_worker(lambda: self.inference.to_async.infer_graph(call))
-        return dict(result.outputs)
+        total_ms = (time.perf_counter() - started) * 1000
+        return dict(result.outputs), GraphTiming(result.queue_ms, result.run_ms, max(0.0, total_ms - result.queue_ms - result.run_ms))
 
     async def run_single(self, card: ModelCard, tensors: np.ndarray) -> np.ndarray:
         """(N, ...) into the card's only input → (N, ...) of its first output."""

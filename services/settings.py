@@ -31,6 +31,8 @@ class Settings:
     routes_path: Path | None = None  # MEDSEG_ROUTES: the routing file (None: services/jobs/default_routes.json)
     pacs_url: str | None = None  # MEDSEG_PACS_URL: DICOMweb root the SEGs are stored to (None: pull only)
     delivery_attempts: int = 8  # MEDSEG_DELIVERY_ATTEMPTS: STOW tries before a job is delivery_failed
+    max_streams: int = 16  # MEDSEG_MAX_STREAMS: open WebSocket video streams; one more is closed with 1013
+    stream_graphs: str = "api"  # MEDSEG_STREAM_GRAPHS: "api" runs streams' graphs in the API process (embedded back end), "worker" in the inference worker
     delivery_backoff_s: float = 2.0  # MEDSEG_DELIVERY_BACKOFF_S: first retry delay, doubled per try (cap 5 min)
 
 
@@ -42,6 +44,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     pacs_url = env.get("MEDSEG_PACS_URL") or None
     if pacs_url is not None and not re.match(r"^https?://[^/\s:]+(:[0-9]{1,5})?(/\S*)?$", pacs_url):
         raise ValueError("MEDSEG_PACS_URL must be an http(s) URL of a DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    stream_graphs = env.get("MEDSEG_STREAM_GRAPHS", "api")
+    if stream_graphs not in ("api", "worker"):
+        raise ValueError(f"MEDSEG_STREAM_GRAPHS must be 'api' or 'worker', not {stream_graphs!r}")
     return Settings(
         repository=Path(env.get("MEDSEG_MODEL_REPOSITORY", str(_DEFAULT_REPOSITORY))),
         backend=backend,
@@ -63,4 +68,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         pacs_url=pacs_url,
         delivery_attempts=int(env.get("MEDSEG_DELIVERY_ATTEMPTS", "8")),
         delivery_backoff_s=float(env.get("MEDSEG_DELIVERY_BACKOFF_S", "2")),
+        max_streams=int(env.get("MEDSEG_MAX_STREAMS", "16")),
+        stream_graphs=stream_graphs,
     )

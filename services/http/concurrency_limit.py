@@ -26,7 +26,8 @@ class ConcurrencyLimit:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope.get("path") in PROBES:
+        # WebSocket streams are bounded by MEDSEG_MAX_STREAMS (services.streams), not counted here.
+        if scope["type"] != "http" or scope.get("path") in PROBES:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

@@ -52,16 +52,47 @@ class Segmentation:
     extras: dict[str, Any] = field(default_factory=dict)  # task-specific json-only entries (per-class masks)
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """A video stream's validated settings (its handshake): sigmoid ``threshold``, prompted
+    ``classes`` (None: all), and the frame-pair ``reference`` mode: "first", "previous" or N
+    (refreshed every N frames); None where the model takes no such field."""
+
+    threshold: float | None = None
+    classes: tuple[int, ...] | None = None
+    reference: str | int | None = None
+
+
+@dataclass
+class StreamState:
+    """What one stream keeps between its frames; its pipeline updates it."""
+
+    index: int = 0  # arrival number of the frame being segmented
+    reference_features: dict[str, np.ndarray] | None = None  # frame-pair: the reference's encoder outputs
+    reference_index: int | None = None  # the frame they come from
+
+
 class FramePipeline(Protocol):
-    """One task kind's operator for POST /v1/segment."""
+    """One task kind's operator for POST /v1/segment and for video streams."""
 
     task: ClassVar[str]
     fields: ClassVar[frozenset[str]]  # the OPTIONAL_FIELDS it takes
+
+    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
+        """Decoded frames → network inputs."""
+        ...
 
     async def segment(
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
     ) -> Segmentation:
         """Validate the request's fields, decode, prepare, run the card's graphs, finish."""
+        ...
+
+    async def stream_frame(
+        self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,
+        options: StreamOptions, state: StreamState,
+    ) -> Segmentation:
+        """One decoded, prepared frame of a stream, with the stream's state (kept features)."""
         ...
 
 

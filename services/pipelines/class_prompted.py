@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services.codecs.decoded import DecodedImage
 from services.contract import ModelCard
 from services.errors import BadInput
 from services.pipelines.base import (
@@ -25,6 +26,8 @@ from services.pipelines.base import (
     FrameRequest,
     PreparedFrames,
     Segmentation,
+    StreamOptions,
+    StreamState,
     check_threshold,
     decoded_frames,
     logit_cut,
@@ -140,10 +143,28 @@ def class_masks_json(results: list[ClassMasks], card: ModelCard) -> list[dict[st
 
 class ClassPromptedPipeline:
     """Every frame of the upload with the requested ``classes`` prompted (all of them when left
-    out), masks cut at ``threshold``; per-class masks and predicted IoU go to the json output."""
+    out), masks cut at ``threshold``; per-class masks and predicted IoU go to the json output.
+    A stream keeps its classes; each frame reports per-class predicted IoU and pixel counts."""
 
     task: ClassVar[str] = "class_prompted"
     fields: ClassVar[frozenset[str]] = frozenset({"classes", "threshold"})
+
+    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
+        return prepare_rgb_frames(image, card)
+
+    async def stream_frame(
+        self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,
+        options: StreamOptions, state: StreamState,
+    ) -> Segmentation:
+        threshold = options.threshold if options.threshold is not None else card.threshold
+        class_ids = options.classes or promptable_classes(card)
+        (result,) = await prompt_frames(prepared, class_ids, card, run_graph, threshold)
+        classes = [
+            {"id": class_id, "name": card.label_by_id(class_id).name,
+             "predicted_iou": round(float(result.predicted_iou[k]), 4), "pixels": int(result.masks[k].sum())}
+            for k, class_id in enumerate(result.class_ids)
+        ]
+        return Segmentation(image, result.labels[None], card, {"threshold": threshold}, {"classes": classes})
 
     async def segment(
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner

@@ -15,6 +15,8 @@ from services.pipelines.base import (
     FrameRequest,
     PreparedFrames,
     Segmentation,
+    StreamOptions,
+    StreamState,
     check_min_side,
     decoded_frames,
 )
@@ -45,10 +47,23 @@ class Image2dPipeline:
     task: ClassVar[str] = "image2d"
     fields: ClassVar[frozenset[str]] = frozenset()
 
+    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
+        return prepare_frames(image, card)
+
     async def segment(
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
     ) -> Segmentation:
         image, prepared = await decoded_frames(request.data, card, decoding, prepare_frames)
+        return await self._finish(image, prepared, card, run_graph)
+
+    async def stream_frame(
+        self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,
+        options: StreamOptions, state: StreamState,
+    ) -> Segmentation:
+        return await self._finish(image, prepared, card, run_graph)
+
+    @staticmethod
+    async def _finish(image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner) -> Segmentation:
         outputs = await run_graph(card.name, {card.inputs[0].name: prepared.tensors})  # the worker splits rows
         logits = outputs[card.outputs[0].name]
         labels = await anyio.to_thread.run_sync(labels_from_logits, logits, prepared.boxes)

@@ -48,6 +48,16 @@ class _Call:
     rows: int  # 0: an unbatched call, never merged
     future: asyncio.Future[Tensors]
     enqueued_s: float = field(default_factory=time.monotonic)
+    started_s: float | None = None  # when the run that carries it began
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """Where one call's time went in the worker, in seconds: waiting for a run slot, and the
+    backend run that carried it (shared with the calls merged into it)."""
+
+    queue_s: float
+    run_s: float
 
 
 class GraphBatcher:
@@ -86,18 +96,26 @@ class GraphBatcher:
         for exactly these rows. A call with more rows than the graph's limit is queued as parts
         of at most that many rows, so no backend run is larger than the limit (the runtime's
         memory peak stays bounded). Raises what the backend raised, or Overloaded."""
+        outputs, _ = await self.run_timed(model, inputs, batched)
+        return outputs
+
+    async def run_timed(self, model: str, inputs: Tensors, batched: bool = True) -> tuple[Tensors, CallTiming]:
+        """``run``, and where the call's time went (split calls: the longest part's)."""
         rows = len(next(iter(inputs.values()))) if batched else 0
         limit = self._max_rows.get(model, 0)
         if limit and rows > limit:
             parts = await asyncio.gather(
-                *(self.run(model, {name: value[start : start + limit] for name, value in inputs.items()})
+                *(self.run_timed(model, {name: value[start : start + limit] for name, value in inputs.items()})
                   for start in range(0, rows, limit))
             )
-            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            outputs = {name: np.concatenate([part[name] for part, _ in parts]) for name in parts[0][0]}
+            return outputs, CallTiming(max(t.queue_s for _, t in parts), max(t.run_s for _, t in parts))
         call = _Call(model, inputs, rows, asyncio.get_running_loop().create_future())
         self._queue.append(call)
         self._start_runs()
-        return await call.future
+        outputs = await call.future
+        started = call.started_s if call.started_s is not None else call.enqueued_s
+        return outputs, CallTiming(started - call.enqueued_s, time.monotonic() - started)
 
     def _start_runs(self) -> None:
         while self._running < self._max_in_flight:
@@ -139,6 +157,9 @@ class GraphBatcher:
     async def _execute(self, batch: list[_Call]) -> None:
         try:
             live = [call for call in batch if not call.future.done()]
+            started = time.monotonic()
+            for call in live:
+                call.started_s = started
             if live:
                 await self._run_batch(live)
         except asyncio.CancelledError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import anyio
@@ -32,14 +33,17 @@ def open_session(graph: Path, threads: int, spinning: bool = False) -> ort.Infer
 
 
 class OrtBackend:
-    """Loads every graph of every model of the repository that has a medseg.json at construction.
+    """Loads every graph of every model of the repository that has a medseg.json at construction
+    (``models``: only those).
 
     Sessions are keyed by Triton model name: the model itself, or each component of a
     multi-graph model (``mast_encoder``, ``mast_pair_head``...).
     """
 
-    def __init__(self, repository: Path, threads: int = 0) -> None:
-        self.cards: dict[str, ModelCard] = discover_cards(repository)
+    def __init__(self, repository: Path, threads: int = 0, models: Collection[str] | None = None) -> None:
+        self.cards: dict[str, ModelCard] = {
+            name: card for name, card in discover_cards(repository).items() if models is None or name in models
+        }
         self._expected = {graph for card in self.cards.values() for graph in card.graphs()}
         self._sessions: dict[str, ort.InferenceSession] = {}
         for name, card in self.cards.items():

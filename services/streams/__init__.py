@@ -1,0 +1,1 @@
+"""Video streams over WebSocket: the protocol, per-stream sessions and their bound."""
