@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from clients.stream_client import StreamReport, stream_frames
 from services.dicomweb.multipart import PartData, PartEnd, RelatedParts, related_content_type
 
 FINAL_JOB_STATES = frozenset({"done", "failed", "delivered", "delivery_failed"})
@@ -180,6 +181,11 @@ class MedsegClient:
         response = self._http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
         _raise_for_error(response)
         return related_parts(response.headers["content-type"], response.content)
+
+    async def stream(self, frames: Iterable[bytes] | AsyncIterable[bytes], model: str, **options: Any) -> StreamReport:
+        """Stream encoded frames (PNG / JPEG bytes) over WS /v1/stream; ``options`` as
+        :func:`clients.stream_client.stream_frames` (output, classes, threshold, reference, fps...)."""
+        return await stream_frames(str(self._http.base_url), frames, model, **options)
 
     def segment_volume(self, channels: dict[str, Path], model: str, output: str = "nifti") -> bytes | dict[str, Any]:
         """POST /v1/segment/volume: NIfTI files by channel name (``t1``... or one 4-D ``file``):

@@ -342,6 +342,9 @@ class Segmenter:
         self.scheduler.observe_counts = job_counts_observer()
         self.streams.observe, self._frame_counter = stream_metrics()
         self.streams.observe(0)
+        if SETTINGS.backend == "embedded" and SETTINGS.stream_graphs == "api":
+            # loaded now, off the event loop, so that the first stream's first frame does not wait
+            self._stream_preload = asyncio.get_running_loop().create_task(self._stream_batcher())
         self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
         self._jobs_task.add_done_callback(_log_end_of_job_loop)
 
