@@ -1,4 +1,4 @@
-"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs} ...``: the
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream} ...``: the
 model and service benchmarks. Burst and answer comparison: ``python -m load.burst``,
 ``python -m load.compare_answers``; load tests: ``locust -f load/locustfile.py``."""
 
@@ -55,6 +55,13 @@ def _bench_pacs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_stream(args: argparse.Namespace) -> int:
+    from load.bench_stream import run_stream_benchmark
+
+    run_stream_benchmark(args.frames, tuple(args.streams), tuple(args.models))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     pacs.add_argument("--quiet", type=float, default=2.0, help="MEDSEG_SERIES_QUIET_S of the service")
     pacs.add_argument("--stable-age", type=int, default=2, help="Orthanc's StableAge (s)")
     pacs.set_defaults(run=_bench_pacs)
+
+    stream = sub.add_parser("bench-stream", help="WS /v1/stream vs per-frame HTTP POSTs, 1/2/4 sources at 30 fps")
+    stream.add_argument("--frames", type=int, default=90, help="frames per source")
+    stream.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    stream.add_argument("--models", nargs="+", default=["surgical_sam", "mast"])
+    stream.set_defaults(run=_bench_stream)
 
     bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
     bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")

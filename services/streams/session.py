@@ -65,8 +65,12 @@ class StreamSession:
 
     async def answer(self, index: int, data: bytes, received_s: float) -> FrameAnswer:
         """Frame ``index`` (bytes received at ``received_s``, ``time.perf_counter``) → its answer;
-        raises a typed error for a frame that cannot be segmented."""
+        raises a typed error for a frame that cannot be segmented. Timing (ms): ``wait`` in the
+        stream's slot while its previous frame finished, then decode, preprocess, the graph calls'
+        queue / run / hop, post-processing, encoding; ``server`` from arrival to the encoded
+        answer, ``non_graph`` the part of it that is not graph run time."""
         card, pipeline = self.settings.card, FRAME_PIPELINES[self.settings.card.task]
+        taken_s = time.perf_counter()  # after waiting for the stream's previous frame
         image = await anyio.to_thread.run_sync(decode_frame, data)
         decoded_s = time.perf_counter()
         prepared = await anyio.to_thread.run_sync(pipeline.prepare, image, card)
@@ -87,7 +91,8 @@ class StreamSession:
         graph_ms = sum(c.run_ms for c in calls)
         server_ms = (encoded_s - received_s) * 1000
         header["timing"] = {
-            "receive_decode_ms": round((decoded_s - received_s) * 1000, 3),
+            "wait_ms": round((taken_s - received_s) * 1000, 3),
+            "receive_decode_ms": round((decoded_s - taken_s) * 1000, 3),
             "preprocess_ms": round((prepared_s - decoded_s) * 1000, 3),
             "queue_ms": round(sum(c.queue_ms for c in calls), 3),
             "graph_ms": round(graph_ms, 3),
