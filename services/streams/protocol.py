@@ -75,7 +75,7 @@ def parse_handshake(text: str, cards: dict[str, ModelCard]) -> StreamSettings:
         raise HandshakeError("the handshake must be a JSON object")
     unknown = sorted(set(message) - {"model", "output", "classes", "threshold", "reference"})
     if unknown:
-        raise HandshakeError(f"unknown handshake field(s): {', '.join(str(k)[:24] for k in unknown[:4])}")
+        raise HandshakeError(f"unknown handshake field(s): {', '.join(repr(k)[:24] for k in unknown[:4])}")
     name = message.get("model")
     if not isinstance(name, str) or name not in cards:
         raise HandshakeError(f"'model' must be one of {', '.join(cards)}")
@@ -124,5 +124,5 @@ def _frame_models(cards: dict[str, ModelCard]) -> list[str]:
 
 def close_reason(text: str) -> str:
     """A close reason fits in 123 bytes of UTF-8 (RFC 6455 §5.5)."""
-    encoded = text.encode()[:123]
-    return encoded.decode(errors="ignore")
+    encoded = text.encode("utf-8", errors="backslashreplace")[:123]  # a lone surrogate from JSON cannot be UTF-8
+    return encoded.decode("utf-8", errors="ignore")
