@@ -64,7 +64,7 @@ from services.usecases.segment import (
     segmentation_png,
 )
 from services.usecases.stow import Inbox
-from services.usecases.stream import run_stream
+from services.usecases.stream import StreamLimits, run_stream
 from services.streams.registry import StreamRegistry
 from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 
@@ -283,7 +283,8 @@ async def stream(websocket: WebSocket) -> None:
     """WS /v1/stream: a video stream, one mask per frame (protocol: services.streams.protocol)."""
     service = bentoml.get_current_service()
     await websocket.accept()
-    await run_stream(websocket, service.cards, service.run_stream_graph, service.streams, service.count_stream_frame)
+    limits = StreamLimits(SETTINGS.stream_max_pixels, SETTINGS.stream_idle_s)
+    await run_stream(websocket, service.cards, service.run_stream_graph, service.streams, limits, service.count_stream_frame)
 
 
 routes_v1 = Starlette(

@@ -32,6 +32,8 @@ class Settings:
     pacs_url: str | None = None  # MEDSEG_PACS_URL: DICOMweb root the SEGs are stored to (None: pull only)
     delivery_attempts: int = 8  # MEDSEG_DELIVERY_ATTEMPTS: STOW tries before a job is delivery_failed
     max_streams: int = 16  # MEDSEG_MAX_STREAMS: open WebSocket video streams; one more is closed with 1013
+    stream_max_pixels: int = 3840 * 2160  # MEDSEG_STREAM_MAX_PIXELS: a larger stream frame gets a per-frame 422
+    stream_idle_s: float = 60.0  # MEDSEG_STREAM_IDLE_S: a stream with no message for this long is closed (1001)
     stream_graphs: str = "api"  # MEDSEG_STREAM_GRAPHS: "api" runs streams' graphs in the API process (embedded back end), "worker" in the inference worker
     delivery_backoff_s: float = 2.0  # MEDSEG_DELIVERY_BACKOFF_S: first retry delay, doubled per try (cap 5 min)
 
@@ -70,4 +72,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         delivery_backoff_s=float(env.get("MEDSEG_DELIVERY_BACKOFF_S", "2")),
         max_streams=int(env.get("MEDSEG_MAX_STREAMS", "16")),
         stream_graphs=stream_graphs,
+        stream_max_pixels=int(env.get("MEDSEG_STREAM_MAX_PIXELS", str(3840 * 2160))),
+        stream_idle_s=float(env.get("MEDSEG_STREAM_IDLE_S", "60")),
     )

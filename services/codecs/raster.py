@@ -17,23 +17,24 @@ _GREY_MODES = {"L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _TO_GREY = {"1", "LA", "La"}  # bilevel → 0/255 grey; grey + alpha → grey
 
 
-def decode_raster(data: bytes) -> DecodedImage:
+def decode_raster(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """PNG or JPEG bytes → (1, rows, cols) float32 grey (0-255, or 0-65535 for 16-bit PNG)
     or (1, rows, cols, 3) uint8 RGB in the stored pixel grid (EXIF orientation is not applied:
     masks must line up with the stored rows and columns). Alpha is dropped, a palette becomes
-    RGB; an animated PNG gives its first frame.
+    RGB; an animated PNG gives its first frame. Larger than ``max_pixels`` (from the header,
+    before decoding): 422.
     """
     quiet_decoders()  # Pillow's bomb warning is replaced by _check_size
     try:
         with Image.open(BytesIO(bytes(data)), formats=("PNG", "JPEG")) as image:
-            _check_size(image.size)
+            _check_size(image.size, max_pixels)
             source = "png" if image.format == "PNG" else "jpeg"
             image.load()
             pixels = _to_array(image)
     except MedsegError:
         raise
     except Image.DecompressionBombError:
-        raise UnprocessableImage(_too_large_message()) from None
+        raise UnprocessableImage(_too_large_message(max_pixels=max_pixels)) from None
     except MemoryError:
         raise UnprocessableImage("the image is too large to decode") from None
     except UnidentifiedImageError:
@@ -52,16 +53,16 @@ def decode_raster(data: bytes) -> DecodedImage:
     )
 
 
-def _check_size(size: tuple[int, int]) -> None:
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width < 1 or height < 1:
         raise UnprocessableImage(f"the image is {width}x{height} pixels; it has nothing to segment")
-    if width * height > MAX_PIXELS:
-        raise UnprocessableImage(_too_large_message(f"{width}x{height} pixels"))
+    if width * height > max_pixels:
+        raise UnprocessableImage(_too_large_message(f"{width}x{height} pixels", max_pixels))
 
 
-def _too_large_message(what: str = "too large") -> str:
-    return f"the image is {what}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted"
+def _too_large_message(what: str = "too large", max_pixels: int = MAX_PIXELS) -> str:
+    return f"the image is {what}; at most {max_pixels / 1_000_000:g} megapixels are accepted"
 
 
 def _to_array(image: Image.Image) -> np.ndarray:

@@ -9,6 +9,9 @@ server → text  {"frame": i, "dropped": d, "size": [rows, cols], "timing": {...
 server → text  {"frame": i, "error": code, "message": ...}   (the stream goes on)
 client → text  {"end": true}
 server → text  {"end": true, "frames": n, "answered": a, "errors": e, "dropped": d}, close 1000
+
+Other closes: 1013 past MEDSEG_MAX_STREAMS; 1001 after MEDSEG_STREAM_IDLE_S without a message;
+1009 for a message over 16 MiB (the web server's limit); 1011 on an internal failure.
 """
 
 from __future__ import annotations

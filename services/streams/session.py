@@ -23,11 +23,13 @@ from services.streams.protocol import StreamSettings
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
-def decode_frame(data: bytes) -> DecodedImage:
-    """One stream frame, PNG or JPEG → DecodedImage; 415 for anything else."""
+def decode_frame(data: bytes, max_pixels: int) -> DecodedImage:
+    """One stream frame, PNG or JPEG → DecodedImage; 415 for anything else, 422 past
+    ``max_pixels`` (read from the header: a small file cannot make the API process decode a huge
+    image; streams are decoded here, not in the decoder pool, to save the hop)."""
     if not data.startswith(_SIGNATURES):
         raise UnsupportedMediaType("a stream frame must be one PNG or JPEG image per binary message")
-    return decode_raster(data)
+    return decode_raster(data, max_pixels)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class StreamSession:
 
     settings: StreamSettings
     run_graph_timed: TimedGraphRunner
+    max_pixels: int
     state: StreamState = field(default_factory=StreamState)
 
     async def answer(self, index: int, data: bytes, received_s: float) -> FrameAnswer:
@@ -71,7 +74,7 @@ class StreamSession:
         answer, ``non_graph`` the part of it that is not graph run time."""
         card, pipeline = self.settings.card, FRAME_PIPELINES[self.settings.card.task]
         taken_s = time.perf_counter()  # after waiting for the stream's previous frame
-        image = await anyio.to_thread.run_sync(decode_frame, data)
+        image = await anyio.to_thread.run_sync(decode_frame, data, self.max_pixels)
         decoded_s = time.perf_counter()
         prepared = await anyio.to_thread.run_sync(pipeline.prepare, image, card)
         prepared_s = time.perf_counter()

@@ -34,6 +34,13 @@ from services.streams.session import StreamSession
 log = logging.getLogger("medseg.stream")
 
 HANDSHAKE_TIMEOUT_S = 10.0
+GOING_AWAY = 1001
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    max_pixels: int  # a larger frame gets a per-frame 422
+    idle_s: float  # no message for this long: the stream is closed (1001)
 
 
 class WebSocketLike(Protocol):
@@ -84,7 +91,7 @@ class LatestFrame:
 
 async def run_stream(
     socket: WebSocketLike, cards: dict[str, ModelCard], run_graph_timed: TimedGraphRunner, registry: StreamRegistry,
-    on_frame: Callable[[str], None] | None = None,
+    limits: StreamLimits, on_frame: Callable[[str], None] | None = None,
 ) -> StreamCounts:
     """Serve one accepted WebSocket until the client ends the stream or goes away. ``on_frame``
     is told "answered", "error" or "dropped" per frame (metrics)."""
@@ -106,16 +113,17 @@ async def run_stream(
         return counts
     try:
         with registry.stream() as stream_id:
-            session = StreamSession(settings, run_graph_timed)
+            session = StreamSession(settings, run_graph_timed, limits.max_pixels)
             await socket.send_text(json.dumps(settings.ready_message(stream_id)))
-            await _serve(socket, session, counts, on_frame)
+            await _serve(socket, session, counts, limits.idle_s, on_frame)
     except StreamsFull as error:
         await socket.close(TRY_AGAIN_LATER, close_reason(str(error)))
     return counts
 
 
 async def _serve(
-    socket: WebSocketLike, session: StreamSession, counts: StreamCounts, on_frame: Callable[[str], None] | None
+    socket: WebSocketLike, session: StreamSession, counts: StreamCounts, idle_s: float,
+    on_frame: Callable[[str], None] | None,
 ) -> None:
     latest = LatestFrame(counts)
     disconnected = False
@@ -130,7 +138,14 @@ async def _serve(
     async def receive_all() -> None:
         nonlocal disconnected
         while True:
-            message = await socket.receive()
+            try:
+                with anyio.fail_after(idle_s):
+                    message = await socket.receive()
+            except TimeoutError:  # an idle client holds a stream slot: let it go
+                disconnected = True
+                group.cancel_scope.cancel()
+                await socket.close(GOING_AWAY, f"no message for {idle_s:g} s")
+                return
             if message.get("type") == "websocket.disconnect":
                 disconnected = True
                 group.cancel_scope.cancel()

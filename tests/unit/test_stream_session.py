@@ -24,7 +24,9 @@ from services.streams.protocol import parse_handshake
 from services.streams.registry import StreamRegistry
 from services.streams.session import StreamSession, decode_frame
 from services.usecases import stream as stream_usecase
-from services.usecases.stream import LatestFrame, StreamCounts, run_stream
+from services.usecases.stream import LatestFrame, StreamCounts, StreamLimits, run_stream
+
+LIMITS = StreamLimits(max_pixels=3840 * 2160, idle_s=60.0)
 
 ROOT = Path(__file__).resolve().parents[2]
 CARDS = discover_cards(ROOT / "model_repository")
@@ -72,7 +74,7 @@ class FakeMast:
         self.index_by_key: dict[float, int] = {}
         pipeline = FRAME_PIPELINES["frame_pair"]
         for index, data in (frames or {}).items():
-            prepared = pipeline.prepare(decode_frame(data), MAST)
+            prepared = pipeline.prepare(decode_frame(data, LIMITS.max_pixels), MAST)
             self.index_by_key[self.key(prepared.tensors[0])] = index
 
     @staticmethod
@@ -174,8 +176,10 @@ class FakeSocket:
 class Stream:
     """One run_stream over a FakeSocket, with a registry whose counts and the frame outcomes are recorded."""
 
-    def __init__(self, script: list[dict[str, Any]], max_streams: int = 2, pace: bool = True, graphs: FakeMast | None = None) -> None:
+    def __init__(self, script: list[dict[str, Any]], max_streams: int = 2, pace: bool = True, graphs: FakeMast | None = None,
+                 limits: StreamLimits = LIMITS) -> None:
         self.socket = FakeSocket(script, pace)
+        self.limits = limits
         self.observed: list[int] = []
         self.registry = StreamRegistry(max_streams, self.observed.append)
         self.outcomes: list[str] = []
@@ -184,7 +188,7 @@ class Stream:
 
     async def run(self) -> Stream:
         with anyio.fail_after(20):
-            self.counts = await run_stream(self.socket, CARDS, self.graphs, self.registry, self.outcomes.append)
+            self.counts = await run_stream(self.socket, CARDS, self.graphs, self.registry, self.limits, self.outcomes.append)
         return self
 
 
@@ -395,6 +399,23 @@ def test_a_text_message_that_is_not_end_gets_bad_message(message: str) -> None:
     assert stream.socket.closes == [(1000, None)]
 
 
+def test_an_idle_stream_is_closed_with_1001_and_frees_its_slot() -> None:
+    stream = serve([text({"model": "mast"}), binary(png_frame(10))], limits=StreamLimits(3840 * 2160, idle_s=0.3))
+    texts = stream.socket.texts()
+    assert texts[0]["ready"] is True and texts[1]["frame"] == 0
+    assert stream.socket.closes and stream.socket.closes[-1][0] == 1001
+    assert stream.observed == [1, 0] and stream.registry.open == set()
+
+
+def test_a_frame_over_the_pixel_limit_is_a_per_frame_422_and_the_stream_goes_on() -> None:
+    limits = StreamLimits(max_pixels=64 * 64, idle_s=60.0)
+    big = png_frame(frame_value(0), rows=100, cols=100)  # 10 000 pixels
+    stream = serve([text({"model": "mast"}), binary(big), binary(png_frame(frame_value(1))), text({"end": True})], limits=limits)
+    frames = [t for t in stream.socket.texts() if "frame" in t]
+    assert frames[0]["error"] == "unprocessable_image" and "megapixels" in frames[0]["message"]
+    assert "error" not in frames[1]
+
+
 def test_a_disconnect_ends_without_an_end_message_and_frees_the_slot() -> None:
     stream = serve([text({"model": "mast"}), binary(png_frame(10)), DISCONNECT])
     texts = stream.socket.texts()
@@ -494,7 +515,7 @@ def mast_session(reference: Any, count: int) -> tuple[StreamSession, FakeMast, l
     frames = [png_frame(frame_value(i)) for i in range(count)]
     graphs = FakeMast(dict(enumerate(frames)))
     settings = parse_handshake(json.dumps({"model": "mast", "reference": reference}), CARDS)
-    return StreamSession(settings, graphs), graphs, frames
+    return StreamSession(settings, graphs, LIMITS.max_pixels), graphs, frames
 
 
 def answer_all(session: StreamSession, frames: list[bytes]) -> list[dict[str, Any]]:
