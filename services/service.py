@@ -377,7 +377,8 @@ class Segmenter:
                 frame_models = [name for name, card in self.cards.items() if card.task in FRAME_PIPELINES]
                 backend = await anyio.to_thread.run_sync(OrtBackend, SETTINGS.repository, SETTINGS.ort_threads, frame_models)
                 self._stream_graphs = GraphBatcher(
-                    backend.infer, row_limits(backend.cards), max_in_flight=1, max_queue_s=SETTINGS.max_queue_ms / 1000
+                    backend.infer, row_limits(backend.cards), max_in_flight=1, max_queue_s=SETTINGS.max_queue_ms / 1000,
+                    observe=batch_observer(),  # this process's runs, on the same /metrics histograms as the worker's
                 )
             return self._stream_graphs
 

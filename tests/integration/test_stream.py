@@ -702,3 +702,34 @@ def test_a_client_that_does_not_read_gets_latest_frame_wins_with_bounded_memory(
     assert dropped_counts == sorted(dropped_counts) and dropped_counts[-1] <= end["dropped"]
     assert frames_counted(stream_service, "dropped") - dropped_before == end["dropped"]
     wait_for_open_streams(stream_service, 0)
+
+
+def encoder_runs_with_rows(service: LocalService, graph: str) -> dict[str, float]:
+    """Cumulative bucket counts of medseg_inference_batch_rows for ``graph`` (le → runs)."""
+    buckets: dict[str, float] = {}
+    for line in httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines():
+        match = re.match(r'^medseg_inference_batch_rows_bucket\{(.*)\}\s+(\S+)$', line)
+        if match and f'graph="{graph}"' in match[1]:
+            le = re.search(r'le="([^"]+)"', match[1])[1]
+            buckets[le] = buckets.get(le, 0.0) + float(match[2])
+    return buckets
+
+
+def test_concurrent_streams_share_one_batcher_and_their_encoder_calls_are_merged(stream_service, polyp_clips) -> None:
+    """Four streams sending at once: some encoder runs carry frames of several streams."""
+    before = encoder_runs_with_rows(stream_service, "mast_encoder")
+    clips = [polyp_clips[i % len(polyp_clips)] for i in range(4)]
+
+    async def all_streams() -> list[StreamRun]:
+        return await asyncio.gather(*(
+            stream_clip(stream_url(stream_service), {"model": "mast", "reference": "previous"}, clip.frames * 3)
+            for clip in clips
+        ))
+
+    runs = run(all_streams())
+    assert all(r.end["answered"] == len(clips[0].frames) * 3 for r in runs)
+    after = encoder_runs_with_rows(stream_service, "mast_encoder")
+    runs_total = after["+Inf"] - before.get("+Inf", 0.0)
+    single = after["1.0"] - before.get("1.0", 0.0)
+    assert runs_total > 0
+    assert runs_total - single > 0, "no encoder run carried more than one stream's frame"
