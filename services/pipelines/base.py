@@ -62,6 +62,10 @@ class StreamOptions:
     classes: tuple[int, ...] | None = None
     reference: str | int | None = None
 
+    def threshold_for(self, card: ModelCard) -> float:
+        """The stream's threshold, or the card's when the handshake left it out."""
+        return self.threshold if self.threshold is not None else card.threshold
+
 
 @dataclass
 class StreamState:

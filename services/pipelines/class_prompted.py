@@ -156,7 +156,7 @@ class ClassPromptedPipeline:
         self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,
         options: StreamOptions, state: StreamState,
     ) -> Segmentation:
-        threshold = options.threshold if options.threshold is not None else card.threshold
+        threshold = options.threshold_for(card)
         class_ids = options.classes or promptable_classes(card)
         (result,) = await prompt_frames(prepared, class_ids, card, run_graph, threshold)
         classes = [

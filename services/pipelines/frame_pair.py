@@ -94,7 +94,7 @@ class FramePairPipeline:
         self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,
         options: StreamOptions, state: StreamState,
     ) -> Segmentation:
-        threshold = options.threshold if options.threshold is not None else card.threshold
+        threshold = options.threshold_for(card)
         own = uses_own_reference(options, state)
         frame = prepared.tensors  # (1, 3, h, w): also its own reference input (encoded once)
         inputs = {card.inputs[0].name: frame, card.inputs[1].name: frame}

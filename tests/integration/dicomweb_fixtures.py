@@ -5,9 +5,6 @@ read-back with highdicom and the memory of a service's process tree."""
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,14 +14,12 @@ from typing import Any
 import highdicom as hd
 import httpx
 import numpy as np
-import psutil
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from export.phantoms.ct_liver import CtPhantom, make_ct_slice
-from load.local_service import kill_tree  # noqa: F401 - re-exported for the tests
 from export.phantoms.dicom_writer import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, can_write, write_series
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -250,24 +245,3 @@ def png_labels(content: bytes) -> np.ndarray:
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     total = int(pred.sum() + truth.sum())
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(pred, truth).sum()) / total
-
-
-# --- processes ---------------------------------------------------------------------------------------
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for process in members:
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-

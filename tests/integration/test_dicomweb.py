@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +43,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from export.phantoms.ct_liver import make_ct_slice
 from export.phantoms.dicom_writer import write_ct_slice, write_localizer, write_multiframe
-from load.local_service import LocalService, local_service
+from load.process_memory import PeakRss
+from load.local_service import LocalService, kill_tree, local_service
 from services.codecs.seg import segment_numbers
 from services.contract import discover_cards
 from tests.integration.dicomweb_fixtures import (
@@ -59,7 +59,6 @@ from tests.integration.dicomweb_fixtures import (
     dice,
     failed,
     jobs_of,
-    kill_tree,
     phantom_series,
     png_labels,
     read,
@@ -73,7 +72,6 @@ from tests.integration.dicomweb_fixtures import (
     stow,
     study_jobs_settled,
     to_bytes,
-    tree_rss,
     wait_for,
     wait_job,
 )
@@ -457,36 +455,6 @@ def test_a_cut_instance_or_garbage_fails_alone_with_c000(http: httpx.Client) -> 
 
 
 # --- memory: the body goes to disk, and a study over the limit is refused -------------------------------------
-
-
-class PeakRss:
-    """Samples the RSS of a process tree in a thread; ``peak`` after the block."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.baseline = tree_rss(pid)
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, tree_rss(self.pid))
-
-    @property
-    def growth_mb(self) -> float:
-        assert self.baseline > 100 * 2**20, f"the service tree measures {self.baseline} bytes: not measured"
-        return (self.peak - self.baseline) / 2**20
 
 
 MAX_GROWTH_MB = 40

@@ -16,7 +16,6 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import generate_uid
 
 from export.phantoms.ct_liver import make_ct_slice
 from export.phantoms.dicom_writer import PATIENT_ID, PATIENT_NAME, can_write, write_localizer, write_series

@@ -22,7 +22,6 @@ import asyncio
 import io
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import wsproto
 import wsproto.events
@@ -40,6 +38,7 @@ from PIL import Image
 
 from clients.video import encode_frame, open_video
 from export.phantoms.video import polyp_video, surgical_video
+from load.process_memory import PeakRss, tree_rss
 from load.local_service import LocalService, local_service
 
 pytestmark = pytest.mark.integration
@@ -260,42 +259,6 @@ def wait_for_open_streams(service: LocalService, count: int, within_s: float = 5
     while (seen := open_streams(service)) != count:
         assert time.monotonic() < deadline, f"medseg_streams is {seen}, not {count}, after {within_s} s"
         time.sleep(0.1)
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    root = psutil.Process(pid)
-    total = 0
-    for process in (root, *root.children(recursive=True)):
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-class PeakRss:
-    """Samples the service's process-tree RSS in a thread while the block runs."""
-
-    def __init__(self, pid: int, every_s: float = 0.02) -> None:
-        self.pid, self.every_s = pid, every_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
-            time.sleep(self.every_s)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, tree_rss(self.pid))
 
 
 async def drop_connection(service: LocalService, settings: dict, frames: list[bytes], answers: int = 1) -> None:
