@@ -6,6 +6,8 @@ functions, so a model sees at serving time exactly what it saw in training.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +100,29 @@ def letterbox(plane: np.ndarray, box: Letterbox, pad_value: float) -> np.ndarray
 def unletterbox(maps: np.ndarray, box: Letterbox) -> np.ndarray:
     """(C, size) per-class maps → (C, source rows, source cols): crop the padding, resize back."""
     return resize_maps(maps[:, : box.scaled[0], : box.scaled[1]], box.source)
+
+
+@functools.lru_cache(maxsize=128)
+def resize_matrix(length: int, new_length: int) -> np.ndarray:
+    """(new_length, length) float64: ``_resize`` along one axis as a matrix (Pillow's bilinear
+    resize is separable: each output sample is a fixed weighting of the input samples). Read off
+    Pillow itself, by resizing the identity."""
+    identity = Image.fromarray(np.eye(length, dtype=np.float32), mode="F")
+    return np.asarray(identity.resize((new_length, length), Image.BILINEAR), dtype=np.float64).T
+
+
+def upsample_unletterbox(maps: np.ndarray, box: Letterbox) -> np.ndarray:
+    """(C, h, w) low-resolution maps of the whole letterbox canvas → (C, source rows, source cols)
+    float32: ``unletterbox(resize_maps(maps, box.size), box)`` (equal up to float32 round-off,
+    about 3e-6) as one product per axis of the two resizes' matrices, in two matrix products for
+    all C maps: about half the time of the two resizes for SurgicalSAM's seven 64² maps."""
+    count, rows, cols = maps.shape
+    down = resize_matrix(box.scaled[0], box.source[0]) @ resize_matrix(rows, box.size[0])[: box.scaled[0]]
+    across = resize_matrix(box.scaled[1], box.source[1]) @ resize_matrix(cols, box.size[1])[: box.scaled[1]]
+    wide = np.ascontiguousarray(maps, dtype=np.float32).reshape(count * rows, cols) @ across.T.astype(np.float32)
+    stacked = wide.reshape(count, rows, -1).transpose(1, 0, 2).reshape(rows, -1)  # (h, C * source cols)
+    tall = down.astype(np.float32) @ stacked  # (source rows, C * source cols)
+    return np.ascontiguousarray(tall.reshape(box.source[0], count, box.source[1]).transpose(1, 0, 2))
 
 
 def prepare_slice(

@@ -35,7 +35,7 @@ from services.pipelines.base import (
 )
 from services.pipelines.ensemble import GraphRunner, run_ensemble
 from services.postprocess import rle_encode
-from services.preprocess import Letterbox, resize_maps, unletterbox
+from services.preprocess import Letterbox, upsample_unletterbox
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ def parse_classes(value: str | None, card: ModelCard) -> tuple[int, ...] | None:
 
 
 def low_res_to_source(low_res_logits: np.ndarray, box: Letterbox) -> np.ndarray:
-    """(K, 1, h4, w4) decoder logits → (K, rows, cols) float32 logits in the source grid."""
-    canvas = resize_maps(low_res_logits[:, 0], box.size)
-    return unletterbox(canvas, box)
+    """(K, 1, h4, w4) decoder logits → (K, rows, cols) float32 logits in the source grid: upsampled
+    to the encoder input, cropped to the resized frame, resized to the source (one composed step)."""
+    return upsample_unletterbox(low_res_logits[:, 0], box)
 
 
 def merge_by_iou(masks: np.ndarray, predicted_iou: np.ndarray, class_ids: tuple[int, ...]) -> np.ndarray:

@@ -70,3 +70,19 @@ def test_letterbox_round_trip_returns_the_source_grid(shape, spacing) -> None:
     agreement = (back == mask.astype(np.uint8)).mean()
     assert agreement > 0.98
     np.testing.assert_array_equal(unletterbox(logits, box).shape, (2, *shape))
+
+
+@pytest.mark.parametrize("source", [(256, 320), (480, 640), (1080, 1920), (200, 150), (37, 91), (256, 256)])
+def test_upsample_unletterbox_equals_the_two_resizes_it_composes(source: tuple[int, int]) -> None:
+    """SurgicalSAM's low-res logits to the source grid in one composed step: the same maps as
+    upsampling to the canvas, cropping and resizing back, up to float32 round-off, and the same
+    masks at any threshold away from that round-off."""
+    from services.preprocess import plan_letterbox, resize_maps, unletterbox, upsample_unletterbox
+
+    logits = np.random.default_rng(sum(source)).normal(0, 4, (7, 64, 64)).astype(np.float32)
+    box = plan_letterbox(source, (256, 256), None, "longest")
+    composed = upsample_unletterbox(logits, box)
+    reference = unletterbox(resize_maps(logits, box.size), box)
+    assert composed.shape == (7, *source) and composed.dtype == np.float32
+    np.testing.assert_allclose(composed, reference, atol=1e-4)
+    assert ((composed >= 0) == (reference >= 0)).mean() > 0.9999
