@@ -53,6 +53,14 @@ test: $(REPOSITORY_STAMP)
 bench: $(REPOSITORY_STAMP)
 	$(BIN)/python -m load bench
 
+# Headless locust run (load/locustfile.py) of LOAD_SCENARIOS (segment) with LOAD_USERS (8) for
+# LOAD_TIME (60s) against LOAD_HOST (http://127.0.0.1:3000; if nothing answers there the service
+# is started for the run and stopped), judged against LOAD_SLO (load/slo.json): non-zero exit on a
+# violation. build/load/<timestamp>/: report.html, CSV stats and history, latency.png, summary.json.
+.PHONY: load
+load: $(REPOSITORY_STAMP)
+	$(BIN)/python -m load.load_run
+
 clean:
 	rm -rf $(VENV) $(REPOSITORY)/*/ $(REPOSITORY_STAMP)
 
