@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from clients.stream_client import StreamReport, stream_frames
-from services.dicomweb.multipart import PartData, PartEnd, RelatedParts, related_content_type
+from services.dicomweb.multipart import PartData, PartEnd, RelatedParts, dicom_parts_body, related_content_type
 
 FINAL_JOB_STATES = frozenset({"done", "failed", "delivered", "delivery_failed"})
 
@@ -23,14 +23,6 @@ class StowSummary:
 
     stored: dict[str, list[str]] = field(default_factory=dict)  # study UID → SOP instance UIDs
     failed: list[dict[str, Any]] = field(default_factory=list)  # FailedSOPSequence items (DICOM JSON)
-
-
-def _stow_body(paths: Sequence[Path], boundary: str) -> Iterator[bytes]:
-    """A STOW-RS body streamed one file at a time."""
-    for path in paths:
-        data = path.read_bytes()
-        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
 
 
 def _study_of(retrieve_url: str) -> str:
@@ -142,7 +134,7 @@ class MedsegClient:
             boundary = uuid.uuid4().hex
             response = self._http.post(
                 "/dicom-web/studies",
-                content=_stow_body(paths[start:start + batch], boundary),
+                content=dicom_parts_body(paths[start:start + batch], boundary),
                 headers={
                     "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                     "Accept": "application/dicom+json",

@@ -17,6 +17,7 @@ from httpx_ws import aconnect_ws
 from PIL import Image
 
 from clients.video import latency_summary
+from services.postprocess import rle_decode
 
 
 class StreamRefused(RuntimeError):
@@ -66,16 +67,11 @@ class StreamReport:
 
 def rle_labels(header: dict[str, Any]) -> np.ndarray:
     """The "rle" output's runs (row-major, starting with a background run) → (rows, cols) labels."""
-    rows, cols = header["size"]
-    labels = np.zeros(rows * cols, np.uint8)
+    shape = tuple(header["size"])
+    labels = np.zeros(shape, np.uint8)
     for entry in header["rle"]:
-        position, inside = 0, False
-        for run in entry["counts"]:
-            if inside:
-                labels[position : position + run] = entry["id"]
-            position += run
-            inside = not inside
-    return labels.reshape(rows, cols)
+        labels[rle_decode(entry["counts"], shape)] = entry["id"]
+    return labels
 
 
 def _ws_url(url: str) -> str:

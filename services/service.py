@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Any, Optional, Union
 
 import anyio
@@ -53,6 +53,7 @@ from services.pipelines.ensemble import GraphTiming
 from services.runtime import InferenceBackend
 from services.runtime.graph_batcher import BatchObserver, GraphBatcher, row_limits
 from services.settings import load_settings
+from services.streams.registry import StreamRegistry
 from services.usecases.run_job import load_job_series, run_job
 from services.usecases.segment import (
     check_output_kind,
@@ -63,10 +64,9 @@ from services.usecases.segment import (
     segmentation_overlay,
     segmentation_png,
 )
+from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 from services.usecases.stow import Inbox
 from services.usecases.stream import StreamLimits, run_stream
-from services.streams.registry import StreamRegistry
-from services.usecases.segment_volume import SINGLE_FILE_FIELD, check_volume_output, segment_volume_uploads, volume_json
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
@@ -364,7 +364,7 @@ class Segmenter:
         was most of a stream frame's non-graph time. Concurrent streams share this batcher."""
         if SETTINGS.backend != "embedded" or SETTINGS.stream_graphs == "worker":
             return await self.run_graph_timed(model, inputs)
-        batcher = await self._stream_batcher()
+        batcher = self._stream_graphs or await self._stream_batcher()
         outputs, timing = await batcher.run_timed(model, inputs, model not in self.unbatched_graphs)
         return outputs, GraphTiming(timing.queue_s * 1000, timing.run_s * 1000, 0.0)
 

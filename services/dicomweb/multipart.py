@@ -24,7 +24,9 @@ item) instead of failing the whole request.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -193,3 +195,15 @@ class RelatedParts:
 
     def _on_end(self) -> None:
         self._closed = True
+
+
+def dicom_parts_body(paths: Iterable[Path], boundary: str) -> Iterator[bytes]:
+    """A ``multipart/related; type="application/dicom"`` body of the files at ``paths``, read one
+    at a time (STOW-RS requests, WADO-RS answers): each part with its Content-Type and
+    Content-Length, then the closing delimiter."""
+    for path in paths:
+        data = path.read_bytes()
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        yield data
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()

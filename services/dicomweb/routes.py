@@ -8,8 +8,7 @@ store. ``Pacs`` is what the routes need from the service instance.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import anyio
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.dicomweb.multipart import dicom_parts_body
 from services.errors import BadInput, NotAcceptable, NotFound
 from services.http.responses import typed_errors
 from services.jobs.spool import check_uid
@@ -89,15 +89,6 @@ async def search_series(request: Request) -> Response:
     return JSONResponse(body, media_type=DICOM_JSON)
 
 
-def _multipart(paths: list[Path], boundary: str) -> Iterator[bytes]:
-    for path in paths:
-        data = path.read_bytes()
-        yield f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-        yield data
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
-
-
 def accepts_dicom_parts(accept: str | None) -> bool:
     """Whether an Accept header admits ``multipart/related; type="application/dicom"``: absent,
     ``*/*``, ``multipart/*``, ``multipart/related`` without a type or with that type, or a bare
@@ -129,7 +120,7 @@ async def _retrieve(request: Request) -> Response:
     boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
-        for chunk in _multipart(paths, boundary):
+        for chunk in dicom_parts_body(paths, boundary):
             yield chunk
 
     return StreamingResponse(body(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 
+from services.dicomweb.multipart import dicom_parts_body
+
 from services.jobs.store import Result
 
 MAX_BACKOFF_S = 300.0
@@ -21,16 +23,6 @@ class DeliveryError(Exception):
 def backoff_s(attempt: int, first_s: float) -> float:
     """Delay before try ``attempt + 1`` (``attempt`` ≥ 1 tries done): doubling, capped at 5 min."""
     return min(first_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-
-
-def multipart_body(results: Sequence[Result], boundary: str) -> Iterator[bytes]:
-    """The STOW-RS body, one part per file, read one file at a time."""
-    for result in results:
-        data = result.path.read_bytes()
-        yield (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode() + data + b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
 
 
 def _items(body: dict, tag: str) -> list:
@@ -66,7 +58,7 @@ async def deliver(client: httpx.AsyncClient, pacs_url: str, results: Sequence[Re
     }
     try:
         response = await client.post(
-            f"{pacs_url.rstrip('/')}/studies", content=_async(multipart_body(results, boundary)), headers=headers
+            f"{pacs_url.rstrip('/')}/studies", content=_async(dicom_parts_body([r.path for r in results], boundary)), headers=headers
         )
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise DeliveryError(f"PACS not reachable ({type(error).__name__})") from None

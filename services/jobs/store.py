@@ -390,29 +390,30 @@ class JobStore:
                 "WHERE j.job_id = ? ORDER BY i.series_uid, i.sop_uid", (job_id,),
             )]
 
-    def results(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Result]:
-        """Stored results of a study (optionally one series or one instance)."""
-        query, args = "SELECT * FROM results WHERE study_uid = ?", [study_uid]
+    def _of_study(
+        self, table: str, study_uid: str, series_uid: str | None, sop_uid: str | None
+    ) -> list[sqlite3.Row]:
+        """Rows of ``table`` (instances or results) of a study, optionally one series or instance."""
+        query, args = f"SELECT * FROM {table} WHERE study_uid = ?", [study_uid]
         if series_uid is not None:
             query, args = query + " AND series_uid = ?", [*args, series_uid]
         if sop_uid is not None:
             query, args = query + " AND sop_uid = ?", [*args, sop_uid]
         with self._lock:
-            return [self._result(r) for r in self._db.execute(query + " ORDER BY series_uid, sop_uid", args)]
+            return self._db.execute(query + " ORDER BY series_uid, sop_uid", args).fetchall()
+
+    def results(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Result]:
+        """Stored results of a study (optionally one series or one instance)."""
+        return [self._result(r) for r in self._of_study("results", study_uid, series_uid, sop_uid)]
 
     def stored_files(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Path]:
         """Spool paths of what the study holds, received and produced (optionally one series or
         one instance), for WADO-RS."""
-        paths = []
-        for table in ("instances", "results"):
-            query, args = f"SELECT path FROM {table} WHERE study_uid = ?", [study_uid]
-            if series_uid is not None:
-                query, args = query + " AND series_uid = ?", [*args, series_uid]
-            if sop_uid is not None:
-                query, args = query + " AND sop_uid = ?", [*args, sop_uid]
-            with self._lock:
-                paths += [Path(r["path"]) for r in self._db.execute(query + " ORDER BY series_uid, sop_uid", args)]
-        return paths
+        return [
+            Path(row["path"])
+            for table in ("instances", "results")
+            for row in self._of_study(table, study_uid, series_uid, sop_uid)
+        ]
 
     def is_result(self, sop_uid: str) -> bool:
         """Whether this service produced the instance (the loop guard for what comes back)."""

@@ -149,8 +149,7 @@ class ClassPromptedPipeline:
     task: ClassVar[str] = "class_prompted"
     fields: ClassVar[frozenset[str]] = frozenset({"classes", "threshold"})
 
-    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
-        return prepare_rgb_frames(image, card)
+    prepare = staticmethod(prepare_rgb_frames)
 
     async def stream_frame(
         self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,

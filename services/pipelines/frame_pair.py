@@ -87,8 +87,7 @@ class FramePairPipeline:
     task: ClassVar[str] = "frame_pair"
     fields: ClassVar[frozenset[str]] = frozenset({"reference", "threshold"})
 
-    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
-        return prepare_rgb_frames(image, card)
+    prepare = staticmethod(prepare_rgb_frames)
 
     async def stream_frame(
         self, image: DecodedImage, prepared: PreparedFrames, card: ModelCard, run_graph: GraphRunner,

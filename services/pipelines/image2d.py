@@ -47,8 +47,7 @@ class Image2dPipeline:
     task: ClassVar[str] = "image2d"
     fields: ClassVar[frozenset[str]] = frozenset()
 
-    def prepare(self, image: DecodedImage, card: ModelCard) -> PreparedFrames:
-        return prepare_frames(image, card)
+    prepare = staticmethod(prepare_frames)
 
     async def segment(
         self, request: FrameRequest, card: ModelCard, run_graph: GraphRunner, decoding: DecodeRunner
