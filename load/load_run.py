@@ -42,19 +42,19 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
-from load.local_service import ROOT, local_service
-from load.process_memory import tree_rss
+from load.local_service import ROOT, LocalService, local_service
+from load.process_memory import RoleRssSampler
+from load.triton_server import SupervisedTriton, supervised_triton
 
 SEPARATOR = ": "
 DROPPED = "dropped"
@@ -546,61 +546,37 @@ def probe(host: str, timeout_s: float = 3.0) -> int | None:
         raise UsageError(f"{host} does not answer /readyz: {error!r}") from None
 
 
-@dataclass
-class RssSampler:
-    """Resident memory of a process tree, sampled every ``every_s`` in a thread until ``stop``."""
-
-    pid: int
-    every_s: float = 1.0
-    samples: list[tuple[float, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        try:
-            self.samples.append((time.monotonic() - self._started, tree_rss(self.pid)))
-        except Exception:  # noqa: BLE001 - the service went away between two samples
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(0 if not self.samples else self.every_s):
-            self._sample()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def figures(self) -> dict[str, float | int] | None:
-        if not self.samples:
-            return None
-        mb = [rss / 2**20 for _, rss in self.samples]
-        return {"start": round(mb[0], 1), "peak": round(max(mb), 1), "end": round(mb[-1], 1),
-                "samples": len(mb), "every_s": self.every_s}
-
-    def write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["t_s", "rss_mb"])
-            writer.writerows((f"{t:.1f}", f"{rss / 2**20:.1f}") for t, rss in self.samples)
+BACKENDS = ("embedded", "triton")
 
 
 @dataclass
 class Target:
+    """The service a run measures: its URL, whether it was started here, and then its process
+    (``service``), the supervised tritonserver in front of which it runs (``triton``, Triton back
+    end) and the per-role memory sampler of both."""
+
     url: str
     started: bool
-    sampler: RssSampler | None = None
+    backend: str | None = None
+    service: LocalService | None = None
+    triton: SupervisedTriton | None = None
+    sampler: RoleRssSampler | None = None
+
+    def roots(self) -> list[int]:
+        """The pids whose trees make up the service now (tritonserver's changes on a restart)."""
+        pids = [self.service.process.pid] if self.service else []
+        return pids + ([self.triton.server.process.pid] if self.triton else [])
 
 
 @contextmanager
-def service_at(host: str, workdir: Path, repository: Path = DEFAULT_REPOSITORY,
-               ready_timeout_s: float = 300) -> Iterator[Target]:
+def service_at(host: str, workdir: Path, repository: Path = DEFAULT_REPOSITORY, ready_timeout_s: float = 300,
+               backend: str = "embedded", env: Mapping[str, str] | None = None) -> Iterator[Target]:
     """The service at ``host``: the one answering there (waited for while it loads: 503), or one
-    started on that loopback port (embedded back end) and stopped, its whole tree, on exit."""
+    started on that loopback port and stopped, its whole tree, on exit: on the ``embedded`` back
+    end, or on ``triton`` in front of a tritonserver of ``repository`` restarted whenever it dies
+    (``SupervisedTriton``). ``env``: more settings of a service started here."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown back end {backend!r} (known: {', '.join(BACKENDS)})")
     status = probe(host)
     if status == 200:
         yield Target(host.rstrip("/"), started=False)
@@ -618,9 +594,19 @@ def service_at(host: str, workdir: Path, repository: Path = DEFAULT_REPOSITORY,
     if parts.hostname not in LOOPBACK:
         raise UsageError(f"nothing answers at {host}; start the service there (a service is started here "
                          "only for a loopback host)")
-    print(f"load: nothing answers at {host}; starting the service (log: {workdir / 'serve.log'})", flush=True)
-    with local_service(repository, workdir, ready_timeout_s=ready_timeout_s, port=parts.port or 80) as service:
-        target = Target(service.url, started=True, sampler=RssSampler(service.process.pid))
+    print(f"load: nothing answers at {host}; starting the service on {backend} (log: {workdir / 'serve.log'})",
+          flush=True)
+    with ExitStack() as stack:
+        triton = None
+        settings = dict(env or {})
+        if backend == "triton":
+            triton = stack.enter_context(supervised_triton(Path(repository).resolve(), workdir / "triton",
+                                                           ready_timeout_s=ready_timeout_s))
+            settings = {"MEDSEG_BACKEND": "triton", "TRITON_URLS": triton.server.grpc_url, **settings}
+        service = stack.enter_context(local_service(repository, workdir, env=settings,
+                                                    ready_timeout_s=ready_timeout_s, port=parts.port or 80))
+        target = Target(service.url, started=True, backend=backend, service=service, triton=triton)
+        target.sampler = RoleRssSampler(target.roots)
         try:
             yield target
         finally:

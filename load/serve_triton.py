@@ -1,5 +1,7 @@
 """``make serve-triton``: a real tritonserver on 127.0.0.1 with the model repository, then the
-BentoML service in front of it (``MEDSEG_BACKEND=triton``). Ctrl-C or SIGTERM stops both; the
+BentoML service in front of it (``MEDSEG_BACKEND=triton``). A tritonserver that dies is started
+again on the same ports (``SupervisedTriton``), as a production supervisor would; the service
+answers 503 with Retry-After meanwhile and recovers by itself. Ctrl-C or SIGTERM stops both; the
 server runs in its own process group, so no stub process outlives it.
 
     python -m load.serve_triton --repository model_repository --port 3000 --triton-ports 8000 8001 8002
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from load.local_service import ROOT, SERVICE, stop_process_group
-from load.triton_server import start_triton, stop_triton, wait_ready
+from load.triton_server import SupervisedTriton
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "triton")
     args = parser.parse_args(argv)
 
-    server = start_triton(args.repository.resolve(), args.workdir, tuple(args.triton_ports))
+    supervisor = SupervisedTriton(args.repository.resolve(), args.workdir, tuple(args.triton_ports))
+    server = supervisor.server
     print(f"tritonserver starting (log: {server.log_path})", flush=True)
     service: subprocess.Popen | None = None
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)  # also when started in the background (SIGINT inherited as ignored)
     try:
-        wait_ready(server)
+        supervisor.wait_ready()
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
         env = {
             **os.environ,
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if service is not None:
             stop_process_group(service)
-        stop_triton(server)
+        supervisor.stop()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,3 +137,63 @@ def triton_server(repository: Path, workdir: Path, ready_timeout_s: float = 300)
         yield server
     finally:
         stop_triton(server)
+
+
+class SupervisedTriton:
+    """A ``tritonserver`` kept running as a process supervisor (systemd, Kubernetes) would: when it
+    exits without ``stop`` it is started again on the same ports after ``restart_delay_s``, so a
+    service in front of it recovers by itself. ``server`` is the current process; ``restarts``
+    lists (seconds since start when its exit was seen, seconds when it was ready again or None)."""
+
+    def __init__(self, repository: Path, workdir: Path, ports: tuple[int, int, int] | None = None,
+                 restart_delay_s: float = 1.0, ready_timeout_s: float = 300) -> None:
+        self.repository, self.workdir = repository, workdir
+        self.restart_delay_s, self.ready_timeout_s = restart_delay_s, ready_timeout_s
+        self.server = start_triton(repository, workdir, ports)
+        self.ports = tuple(int(url.rsplit(":", 1)[1]) for url in (self.server.http_url, self.server.grpc_url,
+                                                                  self.server.metrics_url))
+        self.restarts: list[list[float | None]] = []
+        self.started = time.monotonic()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait_ready(self) -> None:
+        """Block until the first server is ready, then watch it."""
+        wait_ready(self.server, self.ready_timeout_s)
+        self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            if self.server.process.poll() is None:
+                self._stopping.wait(0.2)
+                continue
+            event: list[float | None] = [time.monotonic() - self.started, None]
+            self.restarts.append(event)
+            if self._stopping.wait(self.restart_delay_s):
+                return
+            self.server = start_triton(self.repository, self.workdir, self.ports)
+            try:
+                wait_ready(self.server, self.ready_timeout_s)
+            except RuntimeError:
+                continue  # it exited or never got ready: the next pass starts another
+            event[1] = time.monotonic() - self.started
+
+    def stop(self) -> None:
+        self._stopping.set()
+        stop_triton(self.server)  # a restart waiting for readiness sees it exit
+        if self._thread is not None:
+            self._thread.join()
+        stop_triton(self.server)  # the one a restart may have started meanwhile
+
+
+@contextmanager
+def supervised_triton(repository: Path, workdir: Path, ports: tuple[int, int, int] | None = None,
+                      ready_timeout_s: float = 300) -> Iterator[SupervisedTriton]:
+    """A ready ``tritonserver`` of ``repository``, restarted whenever it dies, until the block exits."""
+    supervisor = SupervisedTriton(repository, workdir, ports, ready_timeout_s=ready_timeout_s)
+    try:
+        supervisor.wait_ready()
+        yield supervisor
+    finally:
+        supervisor.stop()
