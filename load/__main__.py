@@ -1,6 +1,7 @@
 """Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream} ...``: the
-model and service benchmarks. Burst and answer comparison: ``python -m load.burst``,
-``python -m load.compare_answers``; load tests: ``locust -f load/locustfile.py``."""
+model and service benchmarks; ``python -m load capacity ...``: the largest load held within the
+SLOs. Burst and answer comparison: ``python -m load.burst``, ``python -m load.compare_answers``;
+load tests: ``make load`` (``python -m load.load_run``) or ``locust -f load/locustfile.py``."""
 
 from __future__ import annotations
 
@@ -107,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     spinning.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     spinning.add_argument("--rounds", type=int, default=5, help="alternating rounds of 10 requests per setting")
     spinning.set_defaults(run=_bench_spinning)
+
+    from load import capacity
+
+    capacity_parser = sub.add_parser("capacity", help="step users up until the SLO breaks: the largest load held",
+                                     description=capacity.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    capacity.add_arguments(capacity_parser)
+    capacity_parser.set_defaults(run=capacity.run)
 
     args = parser.parse_args(argv)
     return args.run(args)
