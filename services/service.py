@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
@@ -73,12 +73,16 @@ log = logging.getLogger("medseg.api")
 limit_malloc_arenas()  # before the thread pools start: see services.memory
 
 
-def make_backend() -> InferenceBackend:
-    """The backend named by MEDSEG_BACKEND."""
+def make_backend(models: Collection[str] | None = None) -> InferenceBackend:
+    """The backend named by MEDSEG_BACKEND (an in-process one: only ``models``, None for all)."""
     if SETTINGS.backend == "embedded":
         from services.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(SETTINGS.repository, SETTINGS.ort_threads)
+        return OrtBackend(SETTINGS.repository, SETTINGS.ort_threads, models)
+    if SETTINGS.backend == "openvino":
+        from services.runtime.ov_backend import OvBackend
+
+        return OvBackend(SETTINGS.repository, SETTINGS.ov_threads, models, SETTINGS.ov_precision, SETTINGS.ov_cache_dir)
     from services.runtime.triton_backend import TritonBackend
 
     return TritonBackend(SETTINGS.repository, list(SETTINGS.triton_urls), SETTINGS.triton_timeout_s)
@@ -144,7 +148,7 @@ class InferenceWorker:
 
     def __init__(self) -> None:
         self.backend = make_backend()
-        in_flight = 1 if SETTINGS.backend == "embedded" else len(SETTINGS.triton_urls)
+        in_flight = 1 if SETTINGS.in_process else len(SETTINGS.triton_urls)
         self.batcher = GraphBatcher(
             self.backend.infer,
             row_limits(self.backend.cards),
@@ -343,7 +347,7 @@ class Segmenter:
         self.scheduler.observe_counts = job_counts_observer()
         self.streams.observe, self._frame_counter = stream_metrics()
         self.streams.observe(0)
-        if SETTINGS.backend == "embedded" and SETTINGS.stream_graphs == "api":
+        if SETTINGS.in_process and SETTINGS.stream_graphs == "api":
             # loaded now, off the event loop, so that the first stream's first frame does not wait
             self._stream_preload = asyncio.get_running_loop().create_task(self._stream_batcher())
         self._jobs_task = asyncio.get_running_loop().create_task(self.scheduler.run_forever())
@@ -359,10 +363,10 @@ class Segmenter:
         self.inbox.store.close()
 
     async def run_stream_graph(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], GraphTiming]:
-        """A stream's graph call. With the embedded back end (and MEDSEG_STREAM_GRAPHS=api) it
+        """A stream's graph call. With an in-process back end (and MEDSEG_STREAM_GRAPHS=api) it
         runs in this process: the API-worker round trip (about 2 ms a call, two calls a frame)
         was most of a stream frame's non-graph time. Concurrent streams share this batcher."""
-        if SETTINGS.backend != "embedded" or SETTINGS.stream_graphs == "worker":
+        if not SETTINGS.in_process or SETTINGS.stream_graphs == "worker":
             return await self.run_graph_timed(model, inputs)
         batcher = self._stream_graphs or await self._stream_batcher()
         outputs, timing = await batcher.run_timed(model, inputs, model not in self.unbatched_graphs)
@@ -372,10 +376,8 @@ class Segmenter:
         """The in-process sessions of the 2-D frame models, loaded at the first stream."""
         async with self._stream_lock:
             if self._stream_graphs is None:
-                from services.runtime.ort_backend import OrtBackend
-
                 frame_models = [name for name, card in self.cards.items() if card.task in FRAME_PIPELINES]
-                backend = await anyio.to_thread.run_sync(OrtBackend, SETTINGS.repository, SETTINGS.ort_threads, frame_models)
+                backend = await anyio.to_thread.run_sync(make_backend, frame_models)
                 self._stream_graphs = GraphBatcher(
                     backend.infer, row_limits(backend.cards), max_in_flight=1, max_queue_s=SETTINGS.max_queue_ms / 1000,
                     observe=batch_observer(),  # this process's runs, on the same /metrics histograms as the worker's

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+IN_PROCESS_BACKENDS = ("embedded", "openvino")
+BACKENDS = (*IN_PROCESS_BACKENDS, "triton")
 
 
 @dataclass(frozen=True)
 class Settings:
     repository: Path  # MEDSEG_MODEL_REPOSITORY: the Triton model repository written by export
-    backend: str  # MEDSEG_BACKEND: "embedded" (ONNX Runtime in-process) | "triton"
+    backend: str  # MEDSEG_BACKEND: "embedded" (ONNX Runtime in-process) | "openvino" (OpenVINO in-process) | "triton"
     max_upload_bytes: int  # MEDSEG_MAX_UPLOAD_MB: larger request bodies get 413
     max_volume_bytes: int  # MEDSEG_MAX_VOLUME_MB: a NIfTI file larger than this once decompressed gets 413
     ort_threads: int  # MEDSEG_ORT_THREADS: intra-op threads per ONNX Runtime session (0 = all cores)
@@ -36,13 +38,25 @@ class Settings:
     stream_idle_s: float = 60.0  # MEDSEG_STREAM_IDLE_S: a stream with no message for this long is closed (1001)
     stream_graphs: str = "api"  # MEDSEG_STREAM_GRAPHS: "api" runs streams' graphs in the API process (embedded back end), "worker" in the inference worker
     delivery_backoff_s: float = 2.0  # MEDSEG_DELIVERY_BACKOFF_S: first retry delay, doubled per try (cap 5 min)
+    ov_precision: str = "auto"  # MEDSEG_OV_PRECISION: auto (bf16 where the CPU has it) | bf16 | f32 (openvino back end)
+    ov_threads: int = 0  # MEDSEG_OV_THREADS: inference threads per compiled graph (0 = OpenVINO picks)
+    ov_cache_dir: Path | None = None  # MEDSEG_OV_CACHE_DIR: compiled-model cache (default <MEDSEG_DATA_DIR>/openvino-cache)
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the graphs run in this service's processes (not on Triton servers)."""
+        return self.backend in IN_PROCESS_BACKENDS
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     backend = env.get("MEDSEG_BACKEND", "embedded")
-    if backend not in ("embedded", "triton"):
-        raise ValueError(f"MEDSEG_BACKEND must be 'embedded' or 'triton', not {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"MEDSEG_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    ov_precision = env.get("MEDSEG_OV_PRECISION", "auto")
+    if ov_precision not in ("auto", "bf16", "f32"):
+        raise ValueError(f"MEDSEG_OV_PRECISION must be auto, bf16 or f32, not {ov_precision!r}")
+    data_dir = Path(env.get("MEDSEG_DATA_DIR", "data"))
     pacs_url = env.get("MEDSEG_PACS_URL") or None
     if pacs_url is not None and not re.match(r"^https?://[^/\s:]+(:[0-9]{1,5})?(/\S*)?$", pacs_url):
         raise ValueError("MEDSEG_PACS_URL must be an http(s) URL of a DICOMweb root, e.g. http://pacs:8042/dicom-web")
@@ -63,7 +77,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         decode_memory_bytes=int(float(env.get("MEDSEG_DECODE_MEMORY_MB", "4096")) * 1024 * 1024),
         triton_urls=tuple(u.strip() for u in env.get("TRITON_URLS", "127.0.0.1:8001").split(",") if u.strip()),
         triton_timeout_s=float(env.get("MEDSEG_TRITON_TIMEOUT_S", "60")),
-        data_dir=Path(env.get("MEDSEG_DATA_DIR", "data")),
+        data_dir=data_dir,
         max_study_bytes=int(float(env.get("MEDSEG_MAX_STUDY_MB", "4096")) * 1024 * 1024),
         series_quiet_s=float(env.get("MEDSEG_SERIES_QUIET_S", "10")),
         routes_path=Path(env["MEDSEG_ROUTES"]) if env.get("MEDSEG_ROUTES") else None,
@@ -74,4 +88,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         stream_graphs=stream_graphs,
         stream_max_pixels=int(env.get("MEDSEG_STREAM_MAX_PIXELS", str(3840 * 2160))),
         stream_idle_s=float(env.get("MEDSEG_STREAM_IDLE_S", "60")),
+        ov_precision=ov_precision,
+        ov_threads=int(env.get("MEDSEG_OV_THREADS", "0")),
+        ov_cache_dir=Path(env.get("MEDSEG_OV_CACHE_DIR") or data_dir / "openvino-cache"),
     )
