@@ -8,12 +8,13 @@ Every option defaults from an environment variable: ``LOAD_HOST``, ``LOAD_TIME``
 ``90``, ``60s``, ``2m``, ``1h30m``), ``LOAD_USERS``, ``LOAD_RATE`` (users started per second;
 default: all of them in the first second), ``LOAD_SCENARIOS`` (comma list of the locustfile's
 ``SCENARIOS`` keys; their user classes are what locust runs), ``LOAD_SLO``, ``LOAD_OUT``,
-``LOAD_LOCUSTFILE``.
+``LOAD_LOCUSTFILE``, ``LOAD_BACKEND`` (embedded, openvino or triton: the back end of a service
+started here).
 
 If nothing answers ``GET /readyz`` at the host (a loopback address), the service is started there
-(``bentoml serve``, embedded back end, this checkout's ``model_repository``; its log and data in
-``<run>/service/``), its process tree's resident memory sampled every second, and stopped after
-the run. The run folder ``<out>/<YYYYmmdd-HHMMSS>/`` gets locust's ``report.html``,
+(``bentoml serve`` on ``LOAD_BACKEND``, this checkout's ``model_repository``; its log and data in
+``<run>/service/``; on triton, a tritonserver too, restarted if it dies), its processes' resident
+memory sampled every second per role, and stopped after the run. The run folder ``<out>/<YYYYmmdd-HHMMSS>/`` gets locust's ``report.html``,
 ``stats_stats.csv``, ``stats_stats_history.csv`` (every request name, every second),
 ``stats_failures.csv``, ``stats_exceptions.csv``, ``stats.json`` (final counts and response-time
 histograms), ``locust.log`` (everything locust wrote), ``latency.png``, ``service_rss.csv`` (when
@@ -546,7 +547,7 @@ def probe(host: str, timeout_s: float = 3.0) -> int | None:
         raise UsageError(f"{host} does not answer /readyz: {error!r}") from None
 
 
-BACKENDS = ("embedded", "triton")
+BACKENDS = ("embedded", "openvino", "triton")
 
 
 @dataclass
@@ -572,9 +573,10 @@ class Target:
 def service_at(host: str, workdir: Path, repository: Path = DEFAULT_REPOSITORY, ready_timeout_s: float = 300,
                backend: str = "embedded", env: Mapping[str, str] | None = None) -> Iterator[Target]:
     """The service at ``host``: the one answering there (waited for while it loads: 503), or one
-    started on that loopback port and stopped, its whole tree, on exit: on the ``embedded`` back
-    end, or on ``triton`` in front of a tritonserver of ``repository`` restarted whenever it dies
-    (``SupervisedTriton``). ``env``: more settings of a service started here."""
+    started on that loopback port and stopped, its whole tree, on exit: on the ``embedded`` (ONNX
+    Runtime) or ``openvino`` back end, or on ``triton`` in front of a tritonserver of
+    ``repository`` restarted whenever it dies (``SupervisedTriton``). ``env``: more settings of a
+    service started here."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown back end {backend!r} (known: {', '.join(BACKENDS)})")
     status = probe(host)
@@ -598,11 +600,11 @@ def service_at(host: str, workdir: Path, repository: Path = DEFAULT_REPOSITORY, 
           flush=True)
     with ExitStack() as stack:
         triton = None
-        settings = dict(env or {})
+        settings = {"MEDSEG_BACKEND": backend, **(env or {})}
         if backend == "triton":
             triton = stack.enter_context(supervised_triton(Path(repository).resolve(), workdir / "triton",
                                                            ready_timeout_s=ready_timeout_s))
-            settings = {"MEDSEG_BACKEND": "triton", "TRITON_URLS": triton.server.grpc_url, **settings}
+            settings = {"TRITON_URLS": triton.server.grpc_url, **settings}
         service = stack.enter_context(local_service(repository, workdir, env=settings,
                                                     ready_timeout_s=ready_timeout_s, port=parts.port or 80))
         target = Target(service.url, started=True, backend=backend, service=service, triton=triton)
@@ -690,6 +692,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
                         help="LOAD_LOCUSTFILE")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                         help="model repository of a service started here")
+    parser.add_argument("--backend", choices=BACKENDS, default=env("LOAD_BACKEND", "embedded"),
+                        help="LOAD_BACKEND: back end of a service started here")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if not args.scenarios:
@@ -766,7 +770,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     folder = run_folder(args.out)
     log_path = folder / "locust.log"
     try:
-        with service_at(args.host, folder / "service", args.repository) as target:
+        with service_at(args.host, folder / "service", args.repository, backend=args.backend) as target:
             print(f"load: {', '.join(args.scenarios)} ({', '.join(classes)}): {args.users} users "
                   f"({args.rate:g}/s) for {args.time} against {target.url}; locust log {log_path}", flush=True)
             code, wall, started = run_scenarios(folder, target.url, args.locustfile, args.scenarios, classes,
