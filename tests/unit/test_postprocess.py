@@ -86,3 +86,38 @@ def test_upsample_unletterbox_equals_the_two_resizes_it_composes(source: tuple[i
     assert composed.shape == (7, *source) and composed.dtype == np.float32
     np.testing.assert_allclose(composed, reference, atol=1e-4)
     assert ((composed >= 0) == (reference >= 0)).mean() > 0.9999
+
+
+def _pillow_label_map(logits: np.ndarray, box) -> np.ndarray:
+    """The label map as it was computed before OpenCV: Pillow's bilinear resize of each cropped
+    class map to the source grid, then numpy's argmax."""
+    from PIL import Image
+
+    maps = logits[:, : box.scaled[0], : box.scaled[1]]
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(m), mode="F").resize(box.source[::-1], Image.BILINEAR))
+               for m in maps]
+    return np.argmax(np.stack(resized), axis=0).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("source", "spacing"), [
+    ((512, 512), None), ((400, 512), (0.75, 0.75)), ((512, 512), (0.7, 0.9)), ((300, 700), None),
+    ((250, 257), None), ((128, 128), None), ((100, 900), None), ((1024, 96), (0.5, 2.0)),
+])
+def test_label_maps_equal_pillows_bilinear_resize_and_argmax(source, spacing) -> None:
+    """The OpenCV resize (enlarging) and the comparison argmax change no label: the same maps as
+    Pillow's resize and numpy's argmax, for enlarging, shrinking and mixed letterboxes."""
+    rng = np.random.default_rng(sum(source))
+    box = plan_letterbox(source, (256, 256), spacing, "letterbox")
+    for classes in (2, 3, 5):
+        logits = (rng.standard_normal((classes, 256, 256)) * 3).astype(np.float32)
+        expected = _pillow_label_map(logits, box)
+        got = label_map_from_logits(logits, box)
+        assert got.shape == source and got.dtype == np.uint8
+        assert (got == expected).mean() >= 0.9999, (source, classes)
+
+
+def test_argmax_planes_takes_the_first_of_equal_scores() -> None:
+    from services.postprocess import argmax_planes
+
+    maps = np.array([[[1.0, 2.0, 3.0]], [[1.0, 3.0, 3.0]], [[0.0, 3.0, 3.0]]], dtype=np.float32)
+    assert argmax_planes(maps).tolist() == np.argmax(maps, axis=0).tolist() == [[0, 1, 0]]
