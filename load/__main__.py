@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     capacity.add_arguments(capacity_parser)
     capacity_parser.set_defaults(run=capacity.run)
 
+    from load import quality
+
+    quality_parser = sub.add_parser("quality", help="phantom quality per model through HTTP; back ends side by side",
+                                    description=quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    quality.add_arguments(quality_parser)
+    quality_parser.set_defaults(run=quality.run)
+
     args = parser.parse_args(argv)
     return args.run(args)
 
