@@ -131,7 +131,9 @@ def measure_parity(
     """
     rng = np.random.default_rng(seed)
     session = open_session(path, threads=0)
+    compiled = openvino_models(path)
     worst = (0.0, 0.0, 0.0)  # (relative, max_abs_diff, range)
+    openvino_worst = dict.fromkeys(compiled, 0.0)
     model.eval()
     for batch in batch_sizes:
         if hasattr(model, "random_inputs"):
@@ -140,13 +142,18 @@ def measure_parity(
             feeds = {s.name: rng.random((batch, *s.dims), dtype=np.float32) for s in inputs}
         with torch.no_grad():
             expected = model(*(torch.from_numpy(feeds[s.name]) for s in inputs))
-        expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+        expected_list = [w.numpy() for w in (expected if isinstance(expected, (tuple, list)) else [expected])]
         for want, got in zip(expected_list, session.run(None, feeds)):
-            want = want.numpy()
             diff = float(np.max(np.abs(got - want)))
             value_range = max(float(want.max() - want.min()), float(np.abs(want).max()))
             relative = diff / value_range if value_range else float("inf")
             worst = max(worst, (relative, diff, value_range))
+        for precision, network in compiled.items():
+            results = network.create_infer_request().infer(feeds)
+            for want, got in zip(expected_list, results.values()):
+                value_range = max(float(want.max() - want.min()), float(np.abs(want).max()))
+                relative = float(np.max(np.abs(got - want))) / value_range if value_range else float("inf")
+                openvino_worst[precision] = max(openvino_worst[precision], relative)
     relative, max_abs_diff, value_range = worst
     return Parity(
         max_abs_diff=max_abs_diff,
@@ -154,4 +161,19 @@ def measure_parity(
         relative=relative,
         batch_sizes=batch_sizes,
         seed=seed,
+        openvino={precision: float(f"{value:.3g}") for precision, value in openvino_worst.items()},
     )
+
+
+def openvino_models(path: Path) -> dict:
+    """The graph compiled by OpenVINO's CPU plugin as the openvino back end compiles it, at f32
+    and, where this CPU has it, bf16 (precision → compiled model)."""
+    import openvino as ov
+
+    from services.runtime.ov_backend import DEVICE, compile_config, relax_static_leading_dims, resolve_precision
+
+    core = ov.Core()
+    precisions = ["f32"] + (["bf16"] if resolve_precision("auto", core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+                            == "bf16" else [])
+    return {precision: core.compile_model(relax_static_leading_dims(core.read_model(str(path))), DEVICE,
+                                          compile_config(precision, 0)) for precision in precisions}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -149,7 +150,9 @@ def build_model_folder(
                 )
             )
         (folder / VERSION).mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
-        parity = max((c.parity for c in components), key=lambda p: p.relative)
+        worst = max((c.parity for c in components), key=lambda p: p.relative)
+        parity = replace(worst, openvino={precision: max(c.parity.openvino.get(precision, 0.0) for c in components)
+                                          for precision in worst.openvino})  # the worst graph per precision
         graph_file, graph_sha256 = "", ""
     else:
         graph = folder / VERSION / "model.onnx"
@@ -193,6 +196,7 @@ def build_model_folder(
     (folder / CARD_FILE).write_text(card.to_json())
     say(
         f"[{spec.name}/{variant}] done in {time.perf_counter() - started:.1f}s: weights={provenance.kind}, "
-        f"parity max|diff|={parity.max_abs_diff:.2e} ({parity.relative:.2e} of range)"
+        f"parity max|diff|={parity.max_abs_diff:.2e} ({parity.relative:.2e} of range; OpenVINO "
+        + ", ".join(f"{precision} {value:.2e}" for precision, value in parity.openvino.items()) + ")"
     )
     return card

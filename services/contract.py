@@ -9,6 +9,7 @@ numbers. Both sides use these dataclasses, so a field can only be spelt one way.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +159,9 @@ class Parity:
     relative: float  # max_abs_diff / logit_range
     batch_sizes: tuple[int, ...]
     seed: int
+    # OpenVINO (MEDSEG_BACKEND=openvino) vs PyTorch on the same inputs, relative as above, per
+    # inference precision ("f32", and "bf16" where the exporting CPU has it); empty in older cards.
+    openvino: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

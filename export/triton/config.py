@@ -40,7 +40,8 @@ def graph_config(
 ) -> mc.ModelConfig:
     """One ONNX graph as a Triton model.
 
-    ``cpu``: Triton's python backend running ``model.py`` (ONNX Runtime on CPU), one instance.
+    ``cpu``: Triton's python backend running ``model.py`` (ONNX Runtime on CPU, or OpenVINO when the
+    ``runtime`` parameter says ``openvino``), one instance.
     ``gpu``: the ``onnxruntime_onnx`` platform with the TensorRT execution accelerator in FP16
     (engine cache on), one GPU instance, warm-up requests at batch 1 and the largest batch.
     Batched graphs: batch axis implicit (max_batch_size > 0) and dynamic batching with the
@@ -66,6 +67,8 @@ def graph_config(
         config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
         config.parameters["graph"].string_value = "model.onnx"
         config.parameters["intra_op_threads"].string_value = "0"
+        config.parameters["runtime"].string_value = "onnxruntime"  # or "openvino" (model.py)
+        config.parameters["openvino_precision"].string_value = "auto"
         return config
     config.platform = "onnxruntime_onnx"
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))

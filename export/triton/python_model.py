@@ -12,7 +12,10 @@ so CPU deployments run the same graph through this file:
   request never fails the others. Unbatched models (``max_batch_size: 0``) run request by request.
 
 Parameters (config ``parameters``): ``graph`` (file name, default ``model.onnx``),
-``intra_op_threads`` (ONNX Runtime threads, 0 = its default).
+``intra_op_threads`` (threads, 0 = the runtime's default), ``runtime`` (``onnxruntime``, the
+default, or ``openvino``: the same graph compiled by OpenVINO's CPU plugin, as the service's
+``MEDSEG_BACKEND=openvino`` does) and ``openvino_precision`` (``auto``: bf16 where the CPU has it,
+``bf16`` or ``f32``).
 """
 
 from __future__ import annotations
@@ -63,21 +66,83 @@ def config_mismatches(config: dict[str, Any], session: ort.InferenceSession) -> 
     return problems
 
 
+_OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "u8": "tensor(uint8)"}
+
+
+class _Port:
+    """An OpenVINO model input or output, described as ONNX Runtime describes its tensors."""
+
+    def __init__(self, port: Any) -> None:
+        self.name = port.get_any_name()
+        self.type = _OV_TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type()))
+        self.shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+
+
+class OpenVinoSession:
+    """The graph compiled by OpenVINO's CPU plugin, behind the part of ONNX Runtime's session API
+    this file uses (``get_inputs``, ``get_outputs``, ``run``).
+
+    A static leading dimension of 1 is declared dynamic where another input is dynamic: OpenVINO
+    2026.4 fails SurgicalSAM's prompt decoder for more than one class otherwise (the service's
+    ``services.runtime.ov_backend.relax_static_leading_dims`` does the same; this file cannot
+    import the service)."""
+
+    def __init__(self, graph: Path, precision: str, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(graph))
+        shapes = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}
+        if any(shape.is_dynamic for shape in shapes.values()):
+            relaxed = {name: ov.PartialShape([ov.Dimension(), *list(shape)[1:]]) for name, shape in shapes.items()
+                       if shape.rank.is_static and shape.rank.get_length() and shape[0].is_static and shape[0].get_length() == 1}
+            if relaxed:
+                model.reshape(relaxed)
+        if precision == "auto":
+            precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._inputs = [_Port(p) for p in self.compiled.inputs]
+        self._outputs = [_Port(p) for p in self.compiled.outputs]
+
+    def get_inputs(self) -> list[_Port]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_Port]:
+        return self._outputs
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.compiled.create_infer_request().infer(feeds)
+        by_name = {port.get_any_name(): np.asarray(value) for port, value in results.items()}
+        return [by_name[name] for name in output_names]
+
+
+def open_runtime(config: dict[str, Any], graph: Path) -> Any:
+    """The graph's session on the ``runtime`` the config names (ONNX Runtime by default)."""
+    threads = int(_parameter(config, "intra_op_threads", "0"))
+    runtime = _parameter(config, "runtime", "onnxruntime")
+    if runtime == "openvino":
+        return OpenVinoSession(graph, _parameter(config, "openvino_precision", "auto"), threads)
+    if runtime != "onnxruntime":
+        raise pb_utils.TritonModelException(f"{config['name']}: runtime must be onnxruntime or openvino, not {runtime!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    # Idle threads block instead of spinning: each graph is its own stub process on the same cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
 class TritonPythonModel:
-    """One ONNX Runtime session per model instance."""
+    """One ONNX Runtime session (or OpenVINO compiled model) per model instance."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = int(_parameter(config, "intra_op_threads", "0"))
-        if threads:
-            options.intra_op_num_threads = threads
-        # Idle threads block instead of spinning: each graph is its own stub process on the same cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        graph = folder / _parameter(config, "graph", "model.onnx")
-        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.session = open_runtime(config, folder / _parameter(config, "graph", "model.onnx"))
         problems = config_mismatches(config, self.session)
         if problems:
             raise pb_utils.TritonModelException(f"{config['name']}: config and graph disagree: " + "; ".join(problems))

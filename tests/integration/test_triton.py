@@ -218,3 +218,44 @@ def test_triton_accepts_the_class_id_warmup_of_gpu_configs(tmp_path: Path) -> No
     with triton_server(repository, tmp_path / "work") as server:
         client = triton_grpc.InferenceServerClient(server.grpc_url)
         assert client.is_model_ready(name)
+
+
+def test_the_python_backend_runs_openvino_when_the_config_says_so(tmp_path: Path) -> None:
+    """``runtime: openvino`` in a cpu config: the same graphs compiled by OpenVINO inside
+    tritonserver (bf16 where this CPU has it), every graph's outputs close to ONNX Runtime's,
+    SurgicalSAM's prompt decoder with several classes included."""
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY, repository, ignore=shutil.ignore_patterns(".built"))
+    for path in repository.glob("*/config.pbtxt"):
+        config = parse_config(path.read_text())
+        if config.backend == "python":
+            config.parameters["runtime"].string_value = "openvino"
+            write_triton_files(path.parent, config, "cpu")  # this checkout's model.py too
+    embedded = OrtBackend(REPOSITORY)
+    rng = np.random.default_rng(1)
+    largest = []
+    with triton_server(repository, tmp_path / "work") as server:
+        log = server.log_text()
+
+        async def compare() -> None:
+            backend = TritonBackend(repository, [server.grpc_url])
+            cards = discover_cards(repository)
+            try:
+                for card in cards.values():
+                    for graph, (_, inputs) in card.graphs().items():
+                        feeds = random_feeds(inputs, rng, 2)
+                        want, got = await embedded.infer(graph, feeds), await backend.infer(graph, feeds)
+                        for name in want:
+                            assert got[name].shape == want[name].shape, f"{graph}/{name}"
+                            scale = max(float(np.ptp(want[name])), float(np.abs(want[name]).max()))
+                            assert np.abs(got[name] - want[name]).max() <= 0.08 * scale, f"{graph}/{name}"
+                            largest.append(float(np.abs(got[name] - want[name]).max()) / scale)
+            finally:
+                await backend.close()
+
+        asyncio.run(compare())
+    assert "runtime must be" not in log
+    import openvino
+
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert max(largest) > 1e-4, "outputs equal to ONNX Runtime's: was OpenVINO (bf16) used at all?"
