@@ -1,4 +1,4 @@
-"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream} ...``: the
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream,bench-pipeline} ...``: the
 model and service benchmarks; ``python -m load capacity ...``: the largest load held within the
 SLOs. Burst and answer comparison: ``python -m load.burst``, ``python -m load.compare_answers``;
 load tests: ``make load`` (``python -m load.load_run``) or ``locust -f load/locustfile.py``."""
@@ -63,6 +63,13 @@ def _bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from load.bench_pipeline import run_pipeline_benchmark
+
+    run_pipeline_benchmark(args.size, args.model, args.repeats, tuple(args.backends))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     stream.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     stream.add_argument("--models", nargs="+", default=["surgical_sam", "mast"])
     stream.set_defaults(run=_bench_stream)
+
+    pipeline = sub.add_parser("bench-pipeline", help="a 512² slice stage by stage in-process, and over HTTP per back end")
+    pipeline.add_argument("--size", type=int, default=512, help="slice rows and columns")
+    pipeline.add_argument("--model", default="swtr_unet")
+    pipeline.add_argument("--repeats", type=int, default=50)
+    pipeline.add_argument("--backends", nargs="*", default=["embedded", "openvino"], help="HTTP rows (none: skip)")
+    pipeline.set_defaults(run=_bench_pipeline)
 
     bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
     bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")
