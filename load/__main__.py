@@ -1,4 +1,4 @@
-"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream,bench-pipeline} ...``: the
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream,bench-pipeline,bench-int8} ...``: the
 model and service benchmarks; ``python -m load capacity ...``: the largest load held within the
 SLOs. Burst and answer comparison: ``python -m load.burst``, ``python -m load.compare_answers``;
 load tests: ``make load`` (``python -m load.load_run``) or ``locust -f load/locustfile.py``."""
@@ -70,6 +70,13 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_int8(args: argparse.Namespace) -> int:
+    from load.bench_int8 import run_int8_benchmark
+
+    run_int8_benchmark(args.calibration, args.cases, args.repeats)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--repeats", type=int, default=50)
     pipeline.add_argument("--backends", nargs="*", default=["embedded", "openvino"], help="HTTP rows (none: skip)")
     pipeline.set_defaults(run=_bench_pipeline)
+
+    int8 = sub.add_parser("bench-int8", help="swtr_unet INT8 (static quantization) vs fp32 and bf16: speed and Dice")
+    int8.add_argument("--calibration", type=int, default=32, help="phantom slices to calibrate on")
+    int8.add_argument("--cases", type=int, default=20, help="held-out phantom slices scored")
+    int8.add_argument("--repeats", type=int, default=15)
+    int8.set_defaults(run=_bench_int8)
 
     bench_triton = sub.add_parser("bench-triton", help="the service on Triton vs embedded at concurrency 1, 4, 16")
     bench_triton.add_argument("--model", default="all", help="registered model name, or 'all'")
