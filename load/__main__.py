@@ -1,4 +1,4 @@
-"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream,bench-pipeline,bench-int8} ...``: the
+"""Command line: ``python -m load {bench,bench-triton,bench-batching,bench-spinning,bench-pacs,bench-stream,bench-pipeline,bench-int8,bench-backends} ...``: the
 model and service benchmarks; ``python -m load capacity ...``: the largest load held within the
 SLOs. Burst and answer comparison: ``python -m load.burst``, ``python -m load.compare_answers``;
 load tests: ``make load`` (``python -m load.load_run``) or ``locust -f load/locustfile.py``."""
@@ -77,6 +77,16 @@ def _bench_int8(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_backends(args: argparse.Namespace) -> int:
+    from export.registry import REGISTRY
+    from load.bench_backends import run_backend_benchmark
+
+    models = list(REGISTRY) if args.model == "all" else [args.model]
+    targets = [(m, v) for m in models for v in args.variants if v in REGISTRY[m].spec.variants]
+    run_backend_benchmark(targets, args.repeats, args.http)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--repeats", type=int, default=50)
     pipeline.add_argument("--backends", nargs="*", default=["embedded", "openvino"], help="HTTP rows (none: skip)")
     pipeline.set_defaults(run=_bench_pipeline)
+
+    backends = sub.add_parser("bench-backends",
+                              help="ORT fp32 vs OpenVINO f32 vs OpenVINO bf16 per graph, GFLOP/s against the CPU's peaks")
+    backends.add_argument("--model", default="all", help="registered model name, or 'all'")
+    backends.add_argument("--variants", nargs="+", default=["small"], help="e.g. small paper vit_b")
+    backends.add_argument("--repeats", type=int, default=10)
+    backends.add_argument("--http", action="store_true", help="also one request per model on each back end")
+    backends.set_defaults(run=_bench_backends)
 
     int8 = sub.add_parser("bench-int8", help="swtr_unet INT8 (static quantization) vs fp32 and bf16: speed and Dice")
     int8.add_argument("--calibration", type=int, default=32, help="phantom slices to calibrate on")

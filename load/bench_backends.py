@@ -1,0 +1,185 @@
+"""``python -m load bench-backends``: ONNX Runtime fp32, OpenVINO f32 and OpenVINO bf16 on every
+graph, side by side in one run, as achieved GFLOP/s against this CPU's peaks.
+
+For each model and variant the graphs are exported into a temporary repository (demo weights
+where they exist, random otherwise: speed does not depend on them), and each graph runs at batch
+1 and at its largest batch (SurgicalSAM's prompt stage: one frame, 7 classes) on the three
+runtimes. FLOPs per call are counted on the PyTorch graph (``torch.utils.flop_counter``: a
+multiply-add is 2 FLOPs); the peaks are measured in the same run on a large matrix product
+compiled by OpenVINO at f32 and bf16. With ``--http``, one request per model through a real
+``bentoml serve`` on the embedded and the openvino back end.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RUNTIMES = ("ORT fp32", "OV f32", "OV bf16")
+Run = Callable[[dict[str, np.ndarray]], object]
+
+
+def median_s(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def matmul_peak_gflops(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of one (size × size) @ (size × size) product compiled by OpenVINO at ``precision``."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from services.runtime.ov_backend import compile_config
+
+    a = ops.parameter([size, size], ov.Type.f32, name="a")
+    b = ops.constant(np.random.default_rng(0).random((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a])
+    compiled = ov.Core().compile_model(model, "CPU", compile_config(precision, 0))
+    x = np.random.default_rng(1).random((size, size), dtype=np.float32)
+    request = compiled.create_infer_request()
+    seconds = median_s(lambda: request.infer({"a": x}), repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def graph_flops(module: torch.nn.Module, feeds: dict[str, np.ndarray], names: Sequence[str]) -> float:
+    """FLOPs of one call of the PyTorch graph on ``feeds`` (inputs in ``names`` order)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(*(torch.from_numpy(feeds[name]) for name in names))
+    return float(counter.get_total_flops())
+
+
+def graph_feeds(inputs, batch: int, rng: np.random.Generator, classes: int = 7) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Random inputs of one graph: ``batch`` rows where the batch axis is free; class ids 1..7."""
+    feeds = {}
+    for spec in inputs:
+        if spec.dtype == "int64":
+            feeds[spec.name] = np.arange(1, classes + 1, dtype=np.int64)
+        else:
+            shape = [batch if d == -1 else d for d in spec.shape]
+            feeds[spec.name] = rng.random(shape, dtype=np.float32)
+    return feeds
+
+
+def runners(path: Path) -> dict[str, Run]:
+    import openvino as ov
+
+    from services.runtime.ort_backend import open_session
+    from services.runtime.ov_backend import compile_config, relax_static_leading_dims
+
+    session = open_session(path, threads=0)
+    core = ov.Core()
+    compiled = {p: core.compile_model(relax_static_leading_dims(core.read_model(str(path))), "CPU", compile_config(p, 0))
+                for p in ("f32", "bf16")}
+    return {
+        "ORT fp32": lambda feeds: session.run(None, feeds),
+        "OV f32": lambda feeds: compiled["f32"].create_infer_request().infer(feeds),
+        "OV bf16": lambda feeds: compiled["bf16"].create_infer_request().infer(feeds),
+    }
+
+
+def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], http: bool) -> list[dict[str, object]]:
+    """Every graph of one model variant at batch 1 and its largest batch, on each runtime."""
+    from export.registry import get_entry, get_spec
+    from export.repository import build_model_folder, resolve_weights
+    from export.weights_io import load_weights
+
+    spec, entry = get_spec(model), get_entry(model)
+    rows: list[dict[str, object]] = []
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as work:
+        repository = Path(work)
+        card = build_model_folder(spec, variant, repository, say=lambda _: None)
+        network = entry.build(variant).eval()
+        weights, _ = resolve_weights(spec, variant, None)
+        if weights is not None:
+            load_weights(network, weights)
+        modules = entry.cut_graphs(network) if card.components else {None: network}
+        roles = {c.model: c.role for c in card.components}
+        for graph, (graph_file, inputs) in card.graphs().items():
+            module = modules[roles.get(graph)]
+            batched = graph not in card.unbatched_graphs()
+            run = runners(repository / graph_file)
+            for batch in sorted({1, card.batching.max_batch_size}) if batched else [1]:
+                feeds = graph_feeds(inputs, batch, rng)
+                flops = graph_flops(module, feeds, [t.name for t in inputs])
+                row: dict[str, object] = {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
+                                          "gflop": flops / 1e9}
+                reps = repeats if batch == 1 else max(3, repeats // 3)
+                for name in RUNTIMES:
+                    seconds = median_s(lambda: run[name](feeds), reps)
+                    row[f"{name} ms"] = seconds * 1000
+                    row[f"{name} GFLOP/s"] = flops / seconds / 1e9
+                rows.append(row)
+                print(format_row(row, peaks), flush=True)
+            del run
+            gc.collect()
+        if http:
+            for row in http_rows(model, variant, repository, repeats):
+                rows.append(row)
+                print(f"  {row['model']:22} HTTP {row['what']}: embedded {row['embedded ms']:.1f} ms, "
+                      f"openvino {row['openvino ms']:.1f} ms (x{row['embedded ms'] / row['openvino ms']:.2f})", flush=True)
+    return rows
+
+
+def http_rows(model: str, variant: str, repository: Path, repeats: int) -> list[dict[str, object]]:
+    """One request of the model through ``bentoml serve`` on each in-process back end."""
+    import httpx
+
+    from load.bench import brats_phantom_channels, frame_request, image_request, surgical_frame_request, volume_request
+    from load.local_service import local_service
+    from services.contract import discover_cards
+
+    card = discover_cards(repository)[model]
+    if card.task == "volume3d":
+        route, files, what = volume_request(brats_phantom_channels(), card.channel_names)
+    elif card.task == "frame_pair":
+        route, files, what = frame_request()
+    elif card.task == "class_prompted":
+        size = card.preprocessing.size[0]
+        route, files, what = surgical_frame_request((size, size * 5 // 4))
+    else:
+        route, files, what = image_request()
+    row: dict[str, object] = {"model": f"{model}/{variant}", "what": what}
+    for backend in ("embedded", "openvino"):
+        with tempfile.TemporaryDirectory() as work, \
+                local_service(repository, Path(work), env={"MEDSEG_BACKEND": backend}) as service, \
+                httpx.Client(base_url=service.url, timeout=900) as client:
+            post = lambda: client.post(route, files=files, data={"model": model}).raise_for_status()  # noqa: E731
+            row[f"{backend} ms"] = median_s(post, max(3, repeats // 2)) * 1000
+    return [row]
+
+
+def format_row(row: dict[str, object], peaks: dict[str, float]) -> str:
+    cells = []
+    for name in RUNTIMES:
+        peak = peaks["bf16"] if name.endswith("bf16") else peaks["f32"]
+        cells.append(f"{name} {row[f'{name} ms']:9.2f} ms {row[f'{name} GFLOP/s']:7.1f} GFLOP/s "
+                     f"({row[f'{name} GFLOP/s'] / peak:4.0%})")
+    return (f"  {row['model']:22} {row['graph']:30} b{row['batch']:<2} {row['gflop']:8.2f} GFLOP | "
+            + " | ".join(cells) + f" | bf16 vs ORT x{row['ORT fp32 ms'] / row['OV bf16 ms']:.2f}")
+
+
+def run_backend_benchmark(targets: Sequence[tuple[str, str]], repeats: int = 10, http: bool = False) -> list[dict]:
+    peaks = {precision: matmul_peak_gflops(precision) for precision in ("f32", "bf16")}
+    print(f"peaks (OpenVINO, 2048² matmul): f32 {peaks['f32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+          "per graph: median ms, achieved GFLOP/s (share of the peak of its precision)", flush=True)
+    rows = []
+    for model, variant in targets:
+        rows += model_rows(model, variant, repeats, peaks, http)
+    return rows
