@@ -9,7 +9,7 @@ PNG route's answer for that instance.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from services.contract import ModelCard
 from services.errors import MedsegError, UnprocessableImage
 from services.jobs.series_assembly import SeriesPlan, plan_series, require_same_grid, require_volume
 from services.jobs.spool import Spool
-from services.jobs.scheduler import RunOutput
+from services.jobs.scheduler import TRANSIENT_STATUSES, RunOutput
 from services.jobs.store import Job, JobStore, Result
 from services.pipelines import FRAME_PIPELINES
 from services.pipelines.base import DecodeRunner, FrameRequest
@@ -78,16 +78,42 @@ async def segment_slices(
             try:
                 seg = await pipeline.segment(FrameRequest(data), card, run_graph, decoding)
             except MedsegError as error:
-                if error.status in (429, 503, 504):
+                if error.status in TRANSIENT_STATUSES:
                     raise
                 position = plan.instances.index(index) + 1
                 raise UnprocessableImage(f"slice {position} of {len(plan.instances)}: {error.message}") from None
             labels[index] = seg.labels
 
-    async with anyio.create_task_group() as group:
-        for index in plan.instances:
-            group.start_soon(one, index)
+    try:
+        async with anyio.create_task_group() as group:
+            for index in plan.instances:
+                group.start_soon(one, index)
+    except BaseExceptionGroup as failures:
+        typed = slices_error(failures)
+        if typed is None:
+            raise
+        raise typed from None
     return [labels[index] for index in plan.instances]
+
+
+def slices_error(failures: BaseExceptionGroup) -> MedsegError | None:
+    """The typed error that stands for a job's failed slices, which the task group raises together
+    (always as a group, even one): a transient one (429 / 503 / 504: the job runs again later)
+    before any other; None when one of them is not a typed error (a bug, reported as it is)."""
+    typed, others = failures.split(MedsegError)
+    if typed is None or others is not None:
+        return None
+    errors = list(_leaves(typed))
+    return next((e for e in errors if e.status in TRANSIENT_STATUSES), errors[0])
+
+
+def _leaves(error: BaseException) -> Iterator[MedsegError]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        assert isinstance(error, MedsegError)
+        yield error
 
 
 async def segment_volume_series(
