@@ -1,8 +1,11 @@
 """Calls from the API service to the inference worker over BentoML's HTTP transport.
 
 BentoML's client reuses keep-alive connections; one the worker is closing at that moment fails
-with a connection reset before the request is read. Inference is idempotent, so the call is
-retried on a fresh connection; a worker that stays unreachable is a 503 with Retry-After.
+with a connection reset before the request is read, and a worker that dies (killed, OOM) while
+sending its answer leaves the body cut short (``ClientPayloadError``, not a connection error).
+Inference is idempotent, so the call is retried on a fresh connection (BentoML's supervisor
+starts another worker on the same socket); a worker that stays unreachable is a 503 with
+Retry-After.
 
 The worker sends a typed error (``services.errors``) by its status; BentoML's client raises it
 here as a BentoMLException carrying that status, and ``FROM_WORKER`` makes it the typed error
@@ -26,6 +29,8 @@ log = logging.getLogger("medseg.api")
 T = TypeVar("T")
 
 ATTEMPTS = 3
+# The worker went away during the call: refused, reset, closed, or its answer cut short.
+LOST_WORKER = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 FROM_WORKER: dict[int, tuple[type[MedsegError], str]] = {
     HTTPStatus.SERVICE_UNAVAILABLE: (BackendUnavailable, "the inference servers are unavailable; retry shortly"),
     HTTPStatus.TOO_MANY_REQUESTS: (Overloaded, "the service is overloaded; retry shortly"),
@@ -33,11 +38,11 @@ FROM_WORKER: dict[int, tuple[type[MedsegError], str]] = {
 
 
 async def call_worker(call: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:
-    """Await ``call()``, retrying connection-level failures up to ``attempts`` times in all."""
+    """Await ``call()``, retrying a lost worker (``LOST_WORKER``) up to ``attempts`` times in all."""
     for attempt in range(1, attempts + 1):
         try:
             return await call()
-        except aiohttp.ClientConnectionError as error:
+        except LOST_WORKER as error:
             log.warning("inference worker connection failed (%s), attempt %d of %d", type(error).__name__, attempt, attempts)
         except BentoMLException as error:
             typed = FROM_WORKER.get(int(error.error_code))

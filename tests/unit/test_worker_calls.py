@@ -38,6 +38,22 @@ def test_a_worker_that_stays_unreachable_is_backend_unavailable() -> None:
     assert flaky.calls == 3 and raised.value.status == 503
 
 
+def test_an_answer_cut_short_by_a_dying_worker_is_retried() -> None:
+    """Found by ``python -m load faults --kill worker --backend triton``: the worker SIGKILLed
+    while sending a 786 kB answer; the API got a 500 instead of the retry's 200."""
+    cut = aiohttp.ClientPayloadError("Response payload is not completed: <ContentLengthError: 400, message='Not "
+                                     "enough data to satisfy content length header (received 219463 of 262343 bytes).'>")
+    flaky = Flaky(1, cut)
+    assert asyncio.run(call_worker(flaky)) == "ok" and flaky.calls == 2
+
+
+def test_answers_cut_short_every_time_are_backend_unavailable() -> None:
+    flaky = Flaky(10, aiohttp.ClientPayloadError("Response payload is not completed"))
+    with pytest.raises(BackendUnavailable) as raised:
+        asyncio.run(call_worker(flaky, attempts=3))
+    assert flaky.calls == 3 and raised.value.status == 503
+
+
 def test_other_errors_are_not_retried() -> None:
     flaky = Flaky(1, ValueError("a bug"))
     with pytest.raises(ValueError):
