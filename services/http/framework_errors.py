@@ -14,7 +14,9 @@ answer from outside. It does three things:
   (services.errors): JSON errors and every 5xx are rebuilt into it. Validation details are
   rebuilt from field names and pydantic's messages only: submitted values never reach the
   response, and ClientErrorLogScrubber keeps them out of BentoML's error log too.
-- **Answers whatever escapes a route.** An exception that is not an ``Exception`` (pyo3's
+- **Answers whatever escapes a route.** BentoML's ``/readyz`` asks the inference worker's and
+  lets a failure to ask escape (a timeout while the worker restarts, a lost connection): that is
+  "not ready", the contract's 503, not a 500. An exception that is not an ``Exception`` (pyo3's
   ``PanicException``, any ``BaseException``) passes every handler of BentoML and Starlette; the
   client then waited for BentoML's request timeout and got uvicorn's plain ``Internal Server
   Error``. Here it is logged (type and stack, not its message, which may quote the upload) and
@@ -77,6 +79,7 @@ _SERVER_SIDE_MESSAGES = {
 BENTOML_TIMEOUT_MARGIN_S = 5.0
 
 SLOW_STOP_S = 1.0  # a cancelled route that takes longer to stop is logged
+READINESS_PATH = "/readyz"  # BentoML's readiness route, which probes the inference worker
 
 def validation_message(details: list[dict[str, Any]]) -> str:
     """pydantic error dicts (``loc``, ``msg``) → "invalid request: 'file': Field required; ..."."""
@@ -241,6 +244,11 @@ class FrameworkErrors:
                 isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling()
             ):
                 raise  # cancelled by the deadline or from outside: the answer is not ours to give
+            if scope.get("path") == READINESS_PATH and isinstance(error, Exception):
+                log.warning("%s: the inference worker did not answer its probe (%s): not ready", _where(scope),
+                            type(error).__name__)
+                await exchange.answer(BackendUnavailable(_SERVER_SIDE_MESSAGES[503]))
+                return
             log.error("unhandled %s escaped %s:\n%s", type(error).__name__, _where(scope), _stack(error))
             await exchange.answer(InternalError())  # unless an answer already went out
             if _is_process_exit(error):

@@ -267,6 +267,22 @@ def test_whatever_escapes_a_route_is_the_contract_500_at_once_and_the_worker_kee
     assert response_of(run(app, "/ok"))[0] == 200
 
 
+def test_a_readiness_probe_that_cannot_ask_the_worker_is_not_ready_503_not_500(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by ``python -m load faults --kill worker``: while BentoML's supervisor restarted the
+    worker, BentoML's /readyz let the timeout of its probe of the worker escape: a 500."""
+
+    async def readyz(request: Request) -> Response:
+        raise asyncio.TimeoutError  # aiohttp's total timeout, which BentoML's is_ready does not catch
+
+    app = bentoml_stack(routes_app(Route("/readyz", readyz, methods=["POST"]), Route("/other", readyz, methods=["POST"])), 30)
+    with caplog.at_level(logging.WARNING, logger="medseg.api"):
+        status, headers, body, _ = response_of(run(app, "/readyz"))
+    assert status == 503 and headers[b"retry-after"]
+    assert json.loads(body)["error"] == "backend_unavailable"
+    assert "Traceback" not in caplog.text and "not ready" in caplog.text
+    assert response_of(run(app, "/other"))[0] == 500  # elsewhere the same escape is still a bug
+
+
 def test_a_crash_inside_a_mounted_app_is_the_contract_500_not_starlettes_text(caplog: pytest.LogCaptureFixture) -> None:
     async def crash(request: Request) -> Response:
         raise RuntimeError("boom")
