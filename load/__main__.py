@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     capacity.add_arguments(capacity_parser)
     capacity_parser.set_defaults(run=capacity.run)
 
+    from load import faults
+
+    faults_parser = sub.add_parser("faults", help="kill the inference worker or tritonserver under locust load",
+                                   description=faults.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    faults.add_arguments(faults_parser)
+    faults_parser.set_defaults(run=faults.run)
+
     from load import quality
 
     quality_parser = sub.add_parser("quality", help="phantom quality per model through HTTP; back ends side by side",
