@@ -170,10 +170,9 @@ def openvino_models(path: Path) -> dict:
     and, where this CPU has it, bf16 (precision → compiled model)."""
     import openvino as ov
 
-    from services.runtime.ov_backend import DEVICE, compile_config, relax_static_leading_dims, resolve_precision
+    from services.runtime.ov_backend import DEVICE, compile_graph, resolve_precision
 
     core = ov.Core()
     precisions = ["f32"] + (["bf16"] if resolve_precision("auto", core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
                             == "bf16" else [])
-    return {precision: core.compile_model(relax_static_leading_dims(core.read_model(str(path))), DEVICE,
-                                          compile_config(precision, 0)) for precision in precisions}
+    return {precision: compile_graph(core, path, precision) for precision in precisions}

@@ -13,28 +13,17 @@ compiled by OpenVINO at f32 and bf16. With ``--http``, one request per model thr
 from __future__ import annotations
 
 import gc
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from load.bench import median_seconds
+
 RUNTIMES = ("ORT fp32", "OV f32", "OV bf16")
 Run = Callable[[dict[str, np.ndarray]], object]
-
-
-def median_s(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def matmul_peak_gflops(precision: str, size: int = 2048, repeats: int = 10) -> float:
@@ -42,15 +31,15 @@ def matmul_peak_gflops(precision: str, size: int = 2048, repeats: int = 10) -> f
     import openvino as ov
     import openvino.opset13 as ops
 
-    from services.runtime.ov_backend import compile_config
+    from services.runtime.ov_backend import DEVICE, compile_config
 
     a = ops.parameter([size, size], ov.Type.f32, name="a")
     b = ops.constant(np.random.default_rng(0).random((size, size), dtype=np.float32))
     model = ov.Model([ops.matmul(a, b, False, False)], [a])
-    compiled = ov.Core().compile_model(model, "CPU", compile_config(precision, 0))
+    compiled = ov.Core().compile_model(model, DEVICE, compile_config(precision, 0))
     x = np.random.default_rng(1).random((size, size), dtype=np.float32)
     request = compiled.create_infer_request()
-    seconds = median_s(lambda: request.infer({"a": x}), repeats)
+    seconds = median_seconds(lambda: request.infer({"a": x}), repeats)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -80,12 +69,11 @@ def runners(path: Path) -> dict[str, Run]:
     import openvino as ov
 
     from services.runtime.ort_backend import open_session
-    from services.runtime.ov_backend import compile_config, relax_static_leading_dims
+    from services.runtime.ov_backend import compile_graph
 
     session = open_session(path, threads=0)
     core = ov.Core()
-    compiled = {p: core.compile_model(relax_static_leading_dims(core.read_model(str(path))), "CPU", compile_config(p, 0))
-                for p in ("f32", "bf16")}
+    compiled = {p: compile_graph(core, path, p) for p in ("f32", "bf16")}
     return {
         "ORT fp32": lambda feeds: session.run(None, feeds),
         "OV f32": lambda feeds: compiled["f32"].create_infer_request().infer(feeds),
@@ -122,7 +110,7 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
                                           "gflop": flops / 1e9}
                 reps = repeats if batch == 1 else max(3, repeats // 3)
                 for name in RUNTIMES:
-                    seconds = median_s(lambda: run[name](feeds), reps)
+                    seconds = median_seconds(lambda: run[name](feeds), reps)
                     row[f"{name} ms"] = seconds * 1000
                     row[f"{name} GFLOP/s"] = flops / seconds / 1e9
                 rows.append(row)
@@ -161,7 +149,7 @@ def http_rows(model: str, variant: str, repository: Path, repeats: int) -> list[
                 local_service(repository, Path(work), env={"MEDSEG_BACKEND": backend}) as service, \
                 httpx.Client(base_url=service.url, timeout=900) as client:
             post = lambda: client.post(route, files=files, data={"model": model}).raise_for_status()  # noqa: E731
-            row[f"{backend} ms"] = median_s(post, max(3, repeats // 2)) * 1000
+            row[f"{backend} ms"] = median_seconds(post, max(3, repeats // 2)) * 1000
     return [row]
 
 

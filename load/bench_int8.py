@@ -11,14 +11,13 @@ it is at least 1.3 times faster than bf16 at no more than one Dice point lost.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from load.bench import median_seconds
 from load.local_service import ROOT
 
 REPOSITORY = ROOT / "model_repository"
@@ -55,7 +54,7 @@ def runners(fp32: Path, int8: Path, input_name: str) -> dict[str, Runner]:
     import openvino as ov
 
     from services.runtime.ort_backend import open_session
-    from services.runtime.ov_backend import compile_config
+    from services.runtime.ov_backend import compile_graph
 
     core = ov.Core()
 
@@ -64,7 +63,7 @@ def runners(fp32: Path, int8: Path, input_name: str) -> dict[str, Runner]:
         return lambda x: session.run(None, {input_name: x})[0]
 
     def ov_runner(path: Path, precision: str) -> Runner:
-        compiled = core.compile_model(str(path), "CPU", compile_config(precision, 0))
+        compiled = compile_graph(core, path, precision)
         return lambda x: compiled.create_infer_request().infer({input_name: x})[0]
 
     return {"ONNX Runtime fp32": ort_runner(fp32), "ONNX Runtime INT8": ort_runner(int8),
@@ -72,14 +71,7 @@ def runners(fp32: Path, int8: Path, input_name: str) -> dict[str, Runner]:
 
 
 def median_ms(run: Runner, x: np.ndarray, repeats: int) -> float:
-    for _ in range(3):
-        run(x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return median_seconds(lambda: run(x), repeats, warmup=3) * 1000
 
 
 def global_dice(predictions: list[np.ndarray], truths: list[np.ndarray]) -> float:

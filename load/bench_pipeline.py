@@ -11,9 +11,7 @@ compare within one run (the machine is noisy).
 from __future__ import annotations
 
 import io
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,20 +20,14 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from load.bench import median_seconds
 from load.local_service import ROOT, local_service
 
 REPOSITORY = ROOT / "model_repository"
 
 
 def median_ms(call: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return median_seconds(call, repeats, warmup) * 1000
 
 
 def phantom_png(size: int) -> tuple[bytes, np.ndarray]:

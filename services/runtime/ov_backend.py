@@ -71,6 +71,12 @@ def relax_static_leading_dims(model: ov.Model) -> ov.Model:
     return model
 
 
+def compile_graph(core: ov.Core, graph: Path, precision: str, threads: int = 0) -> ov.CompiledModel:
+    """One ONNX graph compiled for the CPU as this back end serves it (``precision`` resolved)."""
+    model = relax_static_leading_dims(core.read_model(str(graph)))
+    return core.compile_model(model, DEVICE, compile_config(precision, threads))
+
+
 class OvBackend:
     """Compiles every graph of every model of the repository that has a medseg.json at
     construction (``models``: only those); graphs keyed by Triton model name as in OrtBackend."""
@@ -82,7 +88,6 @@ class OvBackend:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
         self.precision = resolve_precision(precision, core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
-        config = compile_config(self.precision, threads)
         self.cards: dict[str, ModelCard] = {
             name: card for name, card in discover_cards(repository).items() if models is None or name in models
         }
@@ -90,8 +95,7 @@ class OvBackend:
         self._compiled: dict[str, ov.CompiledModel] = {}
         for name, card in self.cards.items():
             for graph, (graph_file, _) in card.graphs().items():
-                model = relax_static_leading_dims(core.read_model(str(repository / graph_file)))
-                self._compiled[graph] = core.compile_model(model, DEVICE, config)
+                self._compiled[graph] = compile_graph(core, repository / graph_file, self.precision, threads)
             log.info("compiled %s (%s, version %s, %d graph(s), %s)", name, card.variant, card.version,
                      len(card.graphs()), self.precision)
 
