@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     capacity.add_arguments(capacity_parser)
     capacity_parser.set_defaults(run=capacity.run)
 
+    from load import soak
+
+    soak_parser = sub.add_parser("soak", help="a fixed load for a long time; memory of every service process judged flat",
+                                 description=soak.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(run=soak.run)
+
     from load import faults
 
     faults_parser = sub.add_parser("faults", help="kill the inference worker or tritonserver under locust load",

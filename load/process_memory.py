@@ -109,6 +109,8 @@ def rss_by_role(roots: Iterable[int]) -> dict[str, int]:
     for root in roots:
         for process in _tree(root):
             try:
+                if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: it holds nothing
+                    continue
                 role = process_role(process.cmdline())
                 totals[role] = totals.get(role, 0) + process.memory_info().rss
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
