@@ -250,7 +250,7 @@ def plot_capacity(steps_by_scenario: Mapping[str, Sequence[Step]], slo: Mapping[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     scenarios = list(steps_by_scenario)
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 3.6 * len(scenarios)), squeeze=False)
@@ -276,7 +276,7 @@ def plot_capacity(steps_by_scenario: Mapping[str, Sequence[Step]], slo: Mapping[
         rate.set_title(f"{scenario}: throughput per step (green held, red broken)")
         for ax in (latency, rate):
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
         latency.legend(fontsize=8, loc="upper left")
