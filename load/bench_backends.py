@@ -48,7 +48,7 @@ def graph_flops(module: torch.nn.Module, feeds: dict[str, np.ndarray], names: Se
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    with torch.no_grad(), counter:
         module(*(torch.from_numpy(feeds[name]) for name in names))
     return float(counter.get_total_flops())
 
