@@ -109,8 +109,8 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
                 row: dict[str, object] = {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
                                           "gflop": flops / 1e9}
                 reps = repeats if batch == 1 else max(3, repeats // 3)
-                for name in RUNTIMES:
-                    seconds = median_seconds(lambda: run[name](feeds), reps)
+                for name, call in run.items():
+                    seconds = median_seconds(lambda: call(feeds), reps)
                     row[f"{name} ms"] = seconds * 1000
                     row[f"{name} GFLOP/s"] = flops / seconds / 1e9
                 rows.append(row)
@@ -118,14 +118,14 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
             del run
             gc.collect()
         if http:
-            for row in http_rows(model, variant, repository, repeats):
-                rows.append(row)
-                print(f"  {row['model']:22} HTTP {row['what']}: embedded {row['embedded ms']:.1f} ms, "
-                      f"openvino {row['openvino ms']:.1f} ms (x{row['embedded ms'] / row['openvino ms']:.2f})", flush=True)
+            row = http_row(model, variant, repository, repeats)
+            rows.append(row)
+            print(f"  {row['model']:22} HTTP {row['what']}: embedded {row['embedded ms']:.1f} ms, "
+                  f"openvino {row['openvino ms']:.1f} ms (x{row['embedded ms'] / row['openvino ms']:.2f})", flush=True)
     return rows
 
 
-def http_rows(model: str, variant: str, repository: Path, repeats: int) -> list[dict[str, object]]:
+def http_row(model: str, variant: str, repository: Path, repeats: int) -> dict[str, object]:
     """One request of the model through ``bentoml serve`` on each in-process back end."""
     import httpx
 
@@ -150,7 +150,7 @@ def http_rows(model: str, variant: str, repository: Path, repeats: int) -> list[
                 httpx.Client(base_url=service.url, timeout=900) as client:
             post = lambda: client.post(route, files=files, data={"model": model}).raise_for_status()  # noqa: E731
             row[f"{backend} ms"] = median_seconds(post, max(3, repeats // 2)) * 1000
-    return [row]
+    return row
 
 
 def format_row(row: dict[str, object], peaks: dict[str, float]) -> str:

@@ -10,7 +10,6 @@ compare within one run (the machine is noisy).
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from export.sample_requests import png_bytes
 from load.bench import median_seconds
 from load.local_service import ROOT, local_service
 
@@ -36,9 +36,7 @@ def phantom_png(size: int) -> tuple[bytes, np.ndarray]:
 
     phantom = make_ct_slice(np.random.default_rng(1301), shape=(size, size), spacing_mm=(0.8, 0.8))
     grey = np.clip((phantom.hu - (60.0 - 200.0)) / 400.0, 0.0, 1.0) * 255.0
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(grey).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue(), phantom.labels
+    return png_bytes(np.round(grey).astype(np.uint8)), phantom.labels
 
 
 def pillow_label_map(logits: np.ndarray, box: Any) -> np.ndarray:

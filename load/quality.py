@@ -26,6 +26,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from export.sample_requests import png_bytes
+
 Files = dict[str, tuple[str, bytes, str]]
 
 
@@ -46,12 +48,6 @@ class Quality:
     model: str
     scores: dict[str, float]
     label_maps: list[np.ndarray]
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _ct_cases() -> list[Case]:
@@ -82,10 +78,10 @@ def _polyp_cases() -> list[Case]:
     for index, shape in enumerate(((288, 384), (240, 320), (256, 256))):
         clip = make_polyp_clip(np.random.default_rng(3001 + index), frames=6, shape=shape)
         for k in (0, 2):
-            cases.append(Case("/v1/segment", {"file": ("frame.png", _png(clip.frames[k]), "image/png")},
+            cases.append(Case("/v1/segment", {"file": ("frame.png", png_bytes(clip.frames[k]), "image/png")},
                               {"model": "mast", "output": "png"}, clip.masks[k].astype(np.uint8)))
-            files = {"file": ("frame.png", _png(clip.frames[k]), "image/png"),
-                     "reference": ("reference.png", _png(clip.frames[k + 3]), "image/png")}
+            files = {"file": ("frame.png", png_bytes(clip.frames[k]), "image/png"),
+                     "reference": ("reference.png", png_bytes(clip.frames[k + 3]), "image/png")}
             cases.append(Case("/v1/segment", files, {"model": "mast", "output": "png"}, clip.masks[k].astype(np.uint8)))
     return cases
 
@@ -97,7 +93,7 @@ def _surgical_cases(frames: int = 40) -> list[Case]:
     for index in range(frames):
         frame = make_surgical_frame(np.random.default_rng([4001, index]), (256, 320))
         present = sorted(int(c) for c in np.unique(frame.labels) if c)
-        cases.append(Case("/v1/segment", {"file": ("frame.png", _png(frame.rgb), "image/png")},
+        cases.append(Case("/v1/segment", {"file": ("frame.png", png_bytes(frame.rgb), "image/png")},
                           {"model": "surgical_sam", "output": "png", "classes": ",".join(map(str, present))},
                           frame.labels))
     return cases

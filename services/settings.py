@@ -10,6 +10,7 @@ from pathlib import Path
 _DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 IN_PROCESS_BACKENDS = ("embedded", "openvino")
 BACKENDS = (*IN_PROCESS_BACKENDS, "triton")
+OV_PRECISIONS = ("auto", "bf16", "f32")
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if backend not in BACKENDS:
         raise ValueError(f"MEDSEG_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
     ov_precision = env.get("MEDSEG_OV_PRECISION", "auto")
-    if ov_precision not in ("auto", "bf16", "f32"):
-        raise ValueError(f"MEDSEG_OV_PRECISION must be auto, bf16 or f32, not {ov_precision!r}")
+    if ov_precision not in OV_PRECISIONS:
+        raise ValueError(f"MEDSEG_OV_PRECISION must be one of {', '.join(OV_PRECISIONS)}, not {ov_precision!r}")
     data_dir = Path(env.get("MEDSEG_DATA_DIR", "data"))
     pacs_url = env.get("MEDSEG_PACS_URL") or None
     if pacs_url is not None and not re.match(r"^https?://[^/\s:]+(:[0-9]{1,5})?(/\S*)?$", pacs_url):

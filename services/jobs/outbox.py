@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import httpx
 
 from services.dicomweb.multipart import dicom_parts_body
-
 from services.jobs.store import Result
 
 MAX_BACKOFF_S = 300.0

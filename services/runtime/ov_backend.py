@@ -20,10 +20,10 @@ import openvino as ov
 
 from services.contract import ModelCard, discover_cards
 from services.errors import ModelNotFound
+from services.settings import OV_PRECISIONS
 
 log = logging.getLogger("medseg.runtime")
 
-PRECISIONS = ("auto", "bf16", "f32")
 DEVICE = "CPU"
 
 
@@ -31,8 +31,8 @@ def resolve_precision(requested: str, capabilities: Sequence[str]) -> str:
     """``bf16`` or ``f32`` for the CPU plugin: ``auto`` is bf16 where the CPU lists ``BF16``
     among its optimization capabilities, else f32. ValueError for bf16 asked of a CPU without it
     (OpenVINO would quietly run f32) or an unknown name."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"MEDSEG_OV_PRECISION must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    if requested not in OV_PRECISIONS:
+        raise ValueError(f"MEDSEG_OV_PRECISION must be one of {', '.join(OV_PRECISIONS)}, not {requested!r}")
     has_bf16 = "BF16" in capabilities
     if requested == "auto":
         return "bf16" if has_bf16 else "f32"

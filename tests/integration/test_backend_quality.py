@@ -5,7 +5,6 @@ the demo weights and every model's phantom cases (load/quality.py): each score (
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

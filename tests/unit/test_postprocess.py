@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.contract import IntensityRule
+from load.bench_pipeline import pillow_label_map
 from services.postprocess import activate, label_map_from_logits, label_statistics, rle_decode, rle_encode
 from services.preprocess import apply_intensity, letterbox, plan_letterbox, unletterbox
 
@@ -88,17 +89,6 @@ def test_upsample_unletterbox_equals_the_two_resizes_it_composes(source: tuple[i
     assert ((composed >= 0) == (reference >= 0)).mean() > 0.9999
 
 
-def _pillow_label_map(logits: np.ndarray, box) -> np.ndarray:
-    """The label map as it was computed before OpenCV: Pillow's bilinear resize of each cropped
-    class map to the source grid, then numpy's argmax."""
-    from PIL import Image
-
-    maps = logits[:, : box.scaled[0], : box.scaled[1]]
-    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(m), mode="F").resize(box.source[::-1], Image.BILINEAR))
-               for m in maps]
-    return np.argmax(np.stack(resized), axis=0).astype(np.uint8)
-
-
 @pytest.mark.parametrize(("source", "spacing"), [
     ((512, 512), None), ((400, 512), (0.75, 0.75)), ((512, 512), (0.7, 0.9)), ((300, 700), None),
     ((250, 257), None), ((128, 128), None), ((100, 900), None), ((1024, 96), (0.5, 2.0)),
@@ -110,7 +100,7 @@ def test_label_maps_equal_pillows_bilinear_resize_and_argmax(source, spacing) ->
     box = plan_letterbox(source, (256, 256), spacing, "letterbox")
     for classes in (2, 3, 5):
         logits = (rng.standard_normal((classes, 256, 256)) * 3).astype(np.float32)
-        expected = _pillow_label_map(logits, box)
+        expected = pillow_label_map(logits, box)
         got = label_map_from_logits(logits, box)
         assert got.shape == source and got.dtype == np.uint8
         assert (got == expected).mean() >= 0.9999, (source, classes)
