@@ -30,14 +30,23 @@ def apply_intensity(slice_: np.ndarray, rule: IntensityRule) -> np.ndarray:
     x = slice_.astype(np.float32, copy=False)
     if rule.kind == "window":
         low = rule.center - rule.width / 2.0
-        return np.clip((x - low) / rule.width, 0.0, 1.0).astype(np.float32)
+        return _clip_unit(np.subtract(x, np.float32(low)), rule.width)
     if rule.kind == "range":
-        return np.clip(x / rule.high, 0.0, 1.0).astype(np.float32)
+        return _clip_unit(x.copy(), rule.high)
     if rule.kind == "zscore":
         foreground = x[x > x.min()] if np.any(x > x.min()) else x
         std = float(foreground.std()) or 1.0
         return np.clip((x - float(foreground.mean())) / std, -5.0, 5.0).astype(np.float32)
     raise ValueError(f"unknown intensity rule {rule.kind!r}")
+
+
+def _clip_unit(values: np.ndarray, scale: float) -> np.ndarray:
+    """``clip(values / scale, 0, 1)`` of a fresh (H, W) float32 array, in place. OpenCV's
+    min/max: numpy's clip takes 0.11 ms for a 512² slice, these 0.02 (values are finite: the
+    decoders refuse NaN and infinities)."""
+    values /= np.float32(scale)
+    cv2.max(values, 0.0, dst=values)
+    return cv2.min(values, 1.0, dst=values)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,9 @@ def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def letterbox(plane: np.ndarray, box: Letterbox, pad_value: float) -> np.ndarray:
     """(rows, cols) → (size) float32 canvas with the resized slice at the top-left."""
+    if box.scaled == box.size:  # nothing to pad; always a new array, as the canvas is
+        resized = _resize(plane, box.size)
+        return resized.copy() if np.shares_memory(resized, plane) else resized
     canvas = np.full(box.size, pad_value, dtype=np.float32)
     canvas[: box.scaled[0], : box.scaled[1]] = _resize(plane, box.scaled)
     return canvas

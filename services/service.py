@@ -46,7 +46,7 @@ from services.jobs.routing import load_routes
 from services.jobs.scheduler import RunOutput, Scheduler, SchedulerSettings
 from services.jobs.spool import Spool
 from services.jobs.store import Job, JobStore
-from services.memory import limit_malloc_arenas
+from services.memory import tune_malloc
 from services.pipelines import FRAME_PIPELINES
 from services.pipelines.base import FrameRequest
 from services.pipelines.ensemble import GraphTiming
@@ -70,7 +70,7 @@ from services.usecases.stream import StreamLimits, run_stream
 
 SETTINGS = load_settings()
 log = logging.getLogger("medseg.api")
-limit_malloc_arenas()  # before the thread pools start: see services.memory
+tune_malloc()  # before the thread pools start: see services.memory
 
 
 def make_backend(models: Collection[str] | None = None) -> InferenceBackend:

@@ -51,6 +51,35 @@ def test_ct_window_scales_to_unit_range() -> None:
     np.testing.assert_allclose(out, [[0.0, 0.0, 0.5, 1.0, 1.0]])
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("rule", [IntensityRule("window", center=60.0, width=400.0),
+                                  IntensityRule("range", high=255.0)])
+def test_intensity_rules_give_the_float32_values_the_models_were_trained_on(dtype, rule) -> None:
+    """The in-place OpenCV clip gives exactly numpy's ``clip((x - low) / width, 0, 1)`` in
+    float32, and never writes into the caller's slice."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    low, high = (max(info.min, -3000), min(info.max, 4000)) if info else (-3000, 4000)
+    pixels = np.random.default_rng(7).integers(low, high, (64, 48)).astype(dtype)
+    kept = pixels.copy()
+    x = pixels.astype(np.float32)
+    scaled = (x - np.float32(rule.center - rule.width / 2.0)) / np.float32(rule.width) if rule.kind == "window" \
+        else x / np.float32(rule.high)
+    out = apply_intensity(pixels, rule)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.clip(scaled, 0.0, 1.0))
+    np.testing.assert_array_equal(pixels, kept)
+
+
+def test_a_letterbox_without_padding_is_a_new_array() -> None:
+    """The trainer and the pipelines may write into what ``letterbox`` returns."""
+    plane = np.random.default_rng(3).random((256, 256), dtype=np.float32)
+    box = plan_letterbox(plane.shape, (256, 256), None, "letterbox")
+    assert box.scaled == box.size
+    out = letterbox(plane, box, 0.0)
+    np.testing.assert_array_equal(out, plane)
+    assert not np.shares_memory(out, plane)
+
+
 @pytest.mark.parametrize(
     ("shape", "spacing"),
     [((512, 512), (0.7, 0.9)), ((400, 512), None), ((512, 300), (1.0, 1.0)), ((97, 131), (2.0, 0.5))],
