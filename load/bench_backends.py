@@ -81,8 +81,10 @@ def runners(path: Path) -> dict[str, Run]:
     }
 
 
-def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], http: bool) -> list[dict[str, object]]:
-    """Every graph of one model variant at batch 1 and its largest batch, on each runtime."""
+def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], http: bool,
+               warmup: int = 2) -> list[dict[str, object]]:
+    """Every graph of one model variant at batch 1 (``repeats`` timed calls) and its largest batch
+    (a third of them, at least one), on each runtime, each after ``warmup`` untimed calls."""
     from export.registry import get_entry, get_spec
     from export.repository import build_model_folder, resolve_weights
     from export.weights_io import load_weights
@@ -108,9 +110,9 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
                 flops = graph_flops(module, feeds, [t.name for t in inputs])
                 row: dict[str, object] = {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
                                           "gflop": flops / 1e9}
-                reps = repeats if batch == 1 else max(3, repeats // 3)
+                reps = repeats if batch == 1 else max(1, round(repeats / 3))
                 for name, call in run.items():
-                    seconds = median_seconds(lambda: call(feeds), reps)
+                    seconds = median_seconds(lambda: call(feeds), reps, warmup)
                     row[f"{name} ms"] = seconds * 1000
                     row[f"{name} GFLOP/s"] = flops / seconds / 1e9
                 rows.append(row)
@@ -163,11 +165,12 @@ def format_row(row: dict[str, object], peaks: dict[str, float]) -> str:
             + " | ".join(cells) + f" | bf16 vs ORT x{row['ORT fp32 ms'] / row['OV bf16 ms']:.2f}")
 
 
-def run_backend_benchmark(targets: Sequence[tuple[str, str]], repeats: int = 10, http: bool = False) -> list[dict]:
+def run_backend_benchmark(targets: Sequence[tuple[str, str]], repeats: int = 10, http: bool = False,
+                          warmup: int = 2) -> list[dict]:
     peaks = {precision: matmul_peak_gflops(precision) for precision in ("f32", "bf16")}
     print(f"peaks (OpenVINO, 2048² matmul): f32 {peaks['f32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           "per graph: median ms, achieved GFLOP/s (share of the peak of its precision)", flush=True)
     rows = []
     for model, variant in targets:
-        rows += model_rows(model, variant, repeats, peaks, http)
+        rows += model_rows(model, variant, repeats, peaks, http, warmup)
     return rows
