@@ -4,8 +4,10 @@ graph, side by side in one run, as achieved GFLOP/s against this CPU's peaks.
 For each model and variant the graphs are exported into a temporary repository (demo weights
 where they exist, random otherwise: speed does not depend on them), and each graph runs at batch
 1 and at its largest batch (SurgicalSAM's prompt stage: one frame, 7 classes) on the three
-runtimes. FLOPs per call are counted on the PyTorch graph (``torch.utils.flop_counter``: a
-multiply-add is 2 FLOPs); the peaks are measured in the same run on a large matrix product
+runtimes, one runtime loaded at a time. FLOPs per call are counted on the PyTorch graph at batch 1
+(``torch.utils.flop_counter``: a multiply-add is 2 FLOPs) and scaled by the batch (counted at 4,
+hnf_net paper gave 1695.07 GFLOP for 4 × 423.77; eager ViT-B at batch 4 does not fit in 24 GB
+beside the runtimes); the peaks are measured in the same run on a large matrix product
 compiled by OpenVINO at f32 and bf16. With ``--http``, one request per model through a real
 ``bentoml serve`` on the embedded and the openvino back end.
 """
@@ -65,20 +67,19 @@ def graph_feeds(inputs, batch: int, rng: np.random.Generator, classes: int = 7) 
     return feeds
 
 
-def runners(path: Path) -> dict[str, Run]:
+def open_runtime(path: Path, name: str) -> Run:
+    """One of ``RUNTIMES`` on the graph at ``path``, ready to call with feeds."""
+    if name == "ORT fp32":
+        from services.runtime.ort_backend import open_session
+
+        session = open_session(path, threads=0)
+        return lambda feeds: session.run(None, feeds)
     import openvino as ov
 
-    from services.runtime.ort_backend import open_session
     from services.runtime.ov_backend import compile_graph
 
-    session = open_session(path, threads=0)
-    core = ov.Core()
-    compiled = {p: compile_graph(core, path, p) for p in ("f32", "bf16")}
-    return {
-        "ORT fp32": lambda feeds: session.run(None, feeds),
-        "OV f32": lambda feeds: compiled["f32"].create_infer_request().infer(feeds),
-        "OV bf16": lambda feeds: compiled["bf16"].create_infer_request().infer(feeds),
-    }
+    compiled = compile_graph(ov.Core(), path, name.removeprefix("OV "))
+    return lambda feeds: compiled.create_infer_request().infer(feeds)
 
 
 def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], http: bool,
@@ -103,22 +104,23 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
         roles = {c.model: c.role for c in card.components}
         for graph, (graph_file, inputs) in card.graphs().items():
             module = modules[roles.get(graph)]
-            batched = graph not in card.unbatched_graphs()
-            run = runners(repository / graph_file)
-            for batch in sorted({1, card.batching.max_batch_size}) if batched else [1]:
-                feeds = graph_feeds(inputs, batch, rng)
-                flops = graph_flops(module, feeds, [t.name for t in inputs])
-                row: dict[str, object] = {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
-                                          "gflop": flops / 1e9}
-                reps = repeats if batch == 1 else max(1, round(repeats / 3))
-                for name, call in run.items():
-                    seconds = median_seconds(lambda: call(feeds), reps, warmup)
+            batches = sorted({1, card.batching.max_batch_size}) if graph not in card.unbatched_graphs() else [1]
+            feeds = {batch: graph_feeds(inputs, batch, rng) for batch in batches}
+            flops = graph_flops(module, feeds[1], [t.name for t in inputs])  # per row: linear in the batch
+            graph_rows = {batch: {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
+                                  "gflop": flops * batch / 1e9} for batch in batches}
+            for name in RUNTIMES:  # one at a time: ViT-B's four-frame runs take GBs per runtime
+                call = open_runtime(repository / graph_file, name)
+                for batch, row in graph_rows.items():
+                    reps = repeats if batch == 1 else max(1, round(repeats / 3))
+                    seconds = median_seconds(lambda: call(feeds[batch]), reps, warmup)
                     row[f"{name} ms"] = seconds * 1000
-                    row[f"{name} GFLOP/s"] = flops / seconds / 1e9
+                    row[f"{name} GFLOP/s"] = flops * batch / seconds / 1e9
+                call = None  # released before the next runtime loads
+                gc.collect()
+            for row in graph_rows.values():
                 rows.append(row)
                 print(format_row(row, peaks), flush=True)
-            del run
-            gc.collect()
         if http:
             row = http_row(model, variant, repository, repeats)
             rows.append(row)
