@@ -51,22 +51,28 @@ def test_ct_window_scales_to_unit_range() -> None:
     np.testing.assert_allclose(out, [[0.0, 0.0, 0.5, 1.0, 1.0]])
 
 
+def numpy_intensity(pixels: np.ndarray, rule: IntensityRule) -> np.ndarray:
+    """The rule as numpy wrote it before: ``clip((x - low) / width, 0, 1)`` in float32."""
+    x = pixels.astype(np.float32)
+    if rule.kind == "window":
+        return np.clip((x - np.float32(rule.center - rule.width / 2.0)) / np.float32(rule.width), 0.0, 1.0)
+    return np.clip(x / np.float32(rule.high), 0.0, 1.0)
+
+
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.float32, np.float64])
 @pytest.mark.parametrize("rule", [IntensityRule("window", center=60.0, width=400.0),
                                   IntensityRule("range", high=255.0)])
 def test_intensity_rules_give_the_float32_values_the_models_were_trained_on(dtype, rule) -> None:
-    """The in-place OpenCV clip gives exactly numpy's ``clip((x - low) / width, 0, 1)`` in
-    float32, and never writes into the caller's slice."""
+    """The in-place OpenCV clip gives exactly numpy's values, for any memory layout a decoder
+    hands over (Fortran order, transposed, strided), and never writes into the caller's slice."""
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     low, high = (max(info.min, -3000), min(info.max, 4000)) if info else (-3000, 4000)
     pixels = np.random.default_rng(7).integers(low, high, (64, 48)).astype(dtype)
     kept = pixels.copy()
-    x = pixels.astype(np.float32)
-    scaled = (x - np.float32(rule.center - rule.width / 2.0)) / np.float32(rule.width) if rule.kind == "window" \
-        else x / np.float32(rule.high)
-    out = apply_intensity(pixels, rule)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, np.clip(scaled, 0.0, 1.0))
+    for layout in (pixels, np.asfortranarray(pixels), pixels.T, pixels[::2, ::3]):
+        out = apply_intensity(layout, rule)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, numpy_intensity(layout, rule))
     np.testing.assert_array_equal(pixels, kept)
 
 
