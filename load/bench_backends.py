@@ -74,11 +74,9 @@ def open_runtime(path: Path, name: str) -> Run:
 
         session = open_session(path, threads=0)
         return lambda feeds: session.run(None, feeds)
-    import openvino as ov
+    from export.onnx_export import compile_openvino
 
-    from services.runtime.ov_backend import compile_graph
-
-    compiled = compile_graph(ov.Core(), path, name.removeprefix("OV "))
+    compiled = compile_openvino(path, name.removeprefix("OV "))
     return lambda feeds: compiled.create_infer_request().infer(feeds)
 
 
