@@ -15,6 +15,8 @@ compiled by OpenVINO at f32 and bf16. With ``--http``, one request per model thr
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ import torch
 from load.bench import median_seconds
 
 RUNTIMES = ("ORT fp32", "OV f32", "OV bf16")
+ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[[dict[str, np.ndarray]], object]
 
 
@@ -85,28 +88,36 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
     """Every graph of one model variant at batch 1 (``repeats`` timed calls) and its largest batch
     (a third of them, at least one), on each runtime, each after ``warmup`` untimed calls."""
     from export.registry import get_entry, get_spec
-    from export.repository import build_model_folder, resolve_weights
+    from export.repository import resolve_weights
     from export.weights_io import load_weights
+    from services.contract import discover_cards
 
     spec, entry = get_spec(model), get_entry(model)
     rows: list[dict[str, object]] = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as work:
         repository = Path(work)
-        card = build_model_folder(spec, variant, repository, say=lambda _: None)
+        # In a child process: what exporting ViT-H leaves on this process's heap (GBs) stays there.
+        subprocess.run([sys.executable, "-m", "export", "build", "--model", model, "--variant", variant,
+                        "--repository", str(repository)], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        card = discover_cards(repository)[model]
         network = entry.build(variant).eval()
         weights, _ = resolve_weights(spec, variant, None)
         if weights is not None:
             load_weights(network, weights)
         modules = entry.cut_graphs(network) if card.components else {None: network}
         roles = {c.model: c.role for c in card.components}
+        graphs = []  # (graph, its file, feeds per batch, FLOPs per row at batch 1: linear in the batch)
         for graph, (graph_file, inputs) in card.graphs().items():
-            module = modules[roles.get(graph)]
             batches = sorted({1, card.batching.max_batch_size}) if graph not in card.unbatched_graphs() else [1]
             feeds = {batch: graph_feeds(inputs, batch, rng) for batch in batches}
-            flops = graph_flops(module, feeds[1], [t.name for t in inputs])  # per row: linear in the batch
+            graphs.append((graph, graph_file, feeds, graph_flops(modules[roles.get(graph)], feeds[1],
+                                                                  [t.name for t in inputs])))
+        del network, modules  # PyTorch's copy of ViT-H is 2.5 GB
+        gc.collect()
+        for graph, graph_file, feeds, flops in graphs:
             graph_rows = {batch: {"model": f"{model}/{variant}", "graph": graph, "batch": batch,
-                                  "gflop": flops * batch / 1e9} for batch in batches}
+                                  "gflop": flops * batch / 1e9} for batch in feeds}
             for name in RUNTIMES:  # one at a time: ViT-B's four-frame runs take GBs per runtime
                 call = open_runtime(repository / graph_file, name)
                 for batch, row in graph_rows.items():
