@@ -83,7 +83,7 @@ def _bench_backends(args: argparse.Namespace) -> int:
 
     models = list(REGISTRY) if args.model == "all" else [args.model]
     targets = [(m, v) for m in models for v in args.variants if v in REGISTRY[m].spec.variants]
-    run_backend_benchmark(targets, args.repeats, args.http, args.warmup)
+    run_backend_benchmark(targets, args.repeats, args.http, args.warmup, args.max_batch)
     return 0
 
 
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     backends.add_argument("--variants", nargs="+", default=["small"], help="e.g. small paper vit_b")
     backends.add_argument("--repeats", type=int, default=10, help="timed calls at batch 1; a third of them at the largest")
     backends.add_argument("--warmup", type=int, default=2, help="untimed calls first (1 is enough for calls of seconds)")
+    backends.add_argument("--max-batch", type=int, help="cap the largest batch (ViT-H at 4 frames needs over 24 GB)")
     backends.add_argument("--http", action="store_true", help="also one request per model on each back end")
     backends.set_defaults(run=_bench_backends)
 

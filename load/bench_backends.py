@@ -84,9 +84,10 @@ def open_runtime(path: Path, name: str) -> Run:
 
 
 def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], http: bool,
-               warmup: int = 2) -> list[dict[str, object]]:
+               warmup: int = 2, max_batch: int | None = None) -> list[dict[str, object]]:
     """Every graph of one model variant at batch 1 (``repeats`` timed calls) and its largest batch
-    (a third of them, at least one), on each runtime, each after ``warmup`` untimed calls."""
+    (a third of them, at least one; at most ``max_batch``), on each runtime, each after ``warmup``
+    untimed calls."""
     from export.registry import get_entry, get_spec
     from export.repository import resolve_weights
     from export.weights_io import load_weights
@@ -109,7 +110,8 @@ def model_rows(model: str, variant: str, repeats: int, peaks: dict[str, float], 
         roles = {c.model: c.role for c in card.components}
         graphs = []  # (graph, its file, feeds per batch, FLOPs per row at batch 1: linear in the batch)
         for graph, (graph_file, inputs) in card.graphs().items():
-            batches = sorted({1, card.batching.max_batch_size}) if graph not in card.unbatched_graphs() else [1]
+            largest = min(card.batching.max_batch_size, max_batch or card.batching.max_batch_size)
+            batches = sorted({1, largest}) if graph not in card.unbatched_graphs() else [1]
             feeds = {batch: graph_feeds(inputs, batch, rng) for batch in batches}
             graphs.append((graph, graph_file, feeds, graph_flops(modules[roles.get(graph)], feeds[1],
                                                                   [t.name for t in inputs])))
@@ -177,11 +179,11 @@ def format_row(row: dict[str, object], peaks: dict[str, float]) -> str:
 
 
 def run_backend_benchmark(targets: Sequence[tuple[str, str]], repeats: int = 10, http: bool = False,
-                          warmup: int = 2) -> list[dict]:
+                          warmup: int = 2, max_batch: int | None = None) -> list[dict]:
     peaks = {precision: matmul_peak_gflops(precision) for precision in ("f32", "bf16")}
     print(f"peaks (OpenVINO, 2048² matmul): f32 {peaks['f32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           "per graph: median ms, achieved GFLOP/s (share of the peak of its precision)", flush=True)
     rows = []
     for model, variant in targets:
-        rows += model_rows(model, variant, repeats, peaks, http, warmup)
+        rows += model_rows(model, variant, repeats, peaks, http, warmup, max_batch)
     return rows
