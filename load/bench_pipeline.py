@@ -99,14 +99,16 @@ def stage_times(data: bytes, model: str, repeats: int) -> dict[str, float]:
 
 
 FAULTS = "minor page faults per slice (non-graph)"
-_GLIBC_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def glibc_default_stage_times(size: int, model: str, repeats: int) -> dict[str, float]:
     """``stage_times`` in a child process that keeps glibc's allocator defaults."""
     script = ("import json, sys; from load.bench_pipeline import phantom_png, stage_times; "
               "print(json.dumps(stage_times(phantom_png(int(sys.argv[1]))[0], sys.argv[2], int(sys.argv[3]))))")
-    env = {k: v for k, v in os.environ.items() if k not in _GLIBC_VARIABLES}
+    from services.memory import SETTINGS
+
+    tuned = {variable for _, variable, _ in SETTINGS}
+    env = {k: v for k, v in os.environ.items() if k not in tuned}
     out = subprocess.run([sys.executable, "-c", script, str(size), model, str(repeats)], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
