@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,24 +144,15 @@ def measure_parity(
         with torch.no_grad():
             expected = model(*(torch.from_numpy(feeds[s.name]) for s in inputs))
         cases.append((feeds, [w.numpy() for w in (expected if isinstance(expected, (tuple, list)) else [expected])]))
-    worst = (0.0, 0.0, 0.0)  # (relative, max_abs_diff, range)
     session = open_session(path, threads=0)
-    for feeds, expected_list in cases:
-        for want, got in zip(expected_list, session.run(None, feeds)):
-            diff = float(np.max(np.abs(got - want)))
-            value_range = output_scale(want)
-            worst = max(worst, (diff / value_range if value_range else float("inf"), diff, value_range))
-    del session
+    worst = worst_difference(cases, lambda feeds: session.run(None, feeds))
+    session = None  # released before OpenVINO loads
     openvino_worst = {}
     for precision in openvino_precisions():
         network = compile_openvino(path, precision)
-        openvino_worst[precision] = 0.0
-        for feeds, expected_list in cases:
-            for want, got in zip(expected_list, network.create_infer_request().infer(feeds).values()):
-                value_range = output_scale(want)
-                relative = float(np.max(np.abs(got - want))) / value_range if value_range else float("inf")
-                openvino_worst[precision] = max(openvino_worst[precision], relative)
-        del network
+        openvino_worst[precision] = worst_difference(
+            cases, lambda feeds: list(network.create_infer_request().infer(feeds).values()))[0]
+        network = None
         gc.collect()
     relative, max_abs_diff, value_range = worst
     return Parity(
@@ -173,9 +165,17 @@ def measure_parity(
     )
 
 
-def output_scale(values: np.ndarray) -> float:
-    """An output's scale for relative differences: max(max − min, max |x|)."""
-    return max(float(values.max() - values.min()), float(np.abs(values).max()))
+def worst_difference(cases: list[tuple[dict[str, np.ndarray], list[np.ndarray]]],
+                     run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> tuple[float, float, float]:
+    """(relative, max |diff|, scale) of the output that differs most, relatively, from PyTorch's
+    over ``cases`` (feeds, PyTorch outputs); the scale is max(max − min, max |x|) of PyTorch's."""
+    worst = (0.0, 0.0, 0.0)
+    for feeds, expected in cases:
+        for want, got in zip(expected, run(feeds)):
+            diff = float(np.max(np.abs(got - want)))
+            scale = max(float(want.max() - want.min()), float(np.abs(want).max()))
+            worst = max(worst, (diff / scale if scale else float("inf"), diff, scale))
+    return worst
 
 
 def openvino_precisions() -> list[str]:
